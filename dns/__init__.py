@@ -1,0 +1,1 @@
+"""The DNS resolver: redirect repository hostnames to the gateway, forward the rest."""

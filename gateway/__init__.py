@@ -1,0 +1,1 @@
+"""cachegate: transparent caching gateway for package repositories on build hosts."""

@@ -1,0 +1,1 @@
+"""The local CA and per-SNI certificates for the HTTPS front."""
