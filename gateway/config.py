@@ -1,0 +1,411 @@
+"""The configuration file: parsed once into frozen dataclasses, every key defaulted.
+
+Unknown keys and bad values raise ``ConfigError`` naming the file, the key and the reason,
+so a typo fails the start instead of silently doing something else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+from gateway.catalogue import BUILTIN, Policy, Rule, Upstream
+
+DEFAULT_CONFIG_PATH = Path("/etc/cachegate/cachegate.toml")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """A bad configuration: ``str()`` is ``file: key: reason``."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        super().__init__(f"{source}: {key}: {reason}")
+        self.source, self.key, self.reason = source, key, reason
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/cachegate")
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "cachegate"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    state_dir: Path = field(default_factory=default_state_dir)
+    listen: tuple[str, ...] = ("auto",)
+    http_port: int = 80
+    https_port: int = 443
+    proxy_port: int = 0
+    admin: tuple[str, int] = ("127.0.0.1", 3129)
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    port: int = 53
+    forwarders: tuple[str, ...] = ("system",)
+    advertise_ipv4: str = "auto"
+    advertise_ipv6: str = ""
+    ttl: int = 30
+    allow: tuple[IPNetwork, ...] = tuple(
+        ipaddress.ip_network(n)
+        for n in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+    )
+    local_names: tuple[str, ...] = ("cachegate.internal",)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    size_limit: int = 50 * 2**30
+    offline: bool = False
+    negative_ttl: int = 60  # how long a 404/410 is remembered
+    connect_timeout: float = 10.0  # upstream TCP+TLS connect
+    idle_timeout: float = 60.0  # upstream silence before a download is abandoned
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    key_type: str = "ecdsa"  # "ecdsa" (P-256) or "rsa" (3072)
+    name_constraints: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str = "<defaults>"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    upstreams: tuple[Upstream, ...] = BUILTIN
+
+
+def load_config(path: Path | None) -> Config:
+    """Read ``path`` (or the defaults when it is None, or is the default path and absent)."""
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return Config()
+        path = DEFAULT_CONFIG_PATH
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(str(path), "-", f"cannot read: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(str(path), "-", f"not valid TOML: {e}") from None
+    return parse_config(data, str(path))
+
+
+def parse_config(data: dict[str, Any], source: str) -> Config:
+    """Validate a parsed TOML document into a ``Config``."""
+    _Reader(data, source, "").reject_unknown({"server", "dns", "cache", "tls", "upstreams"})
+    section = lambda name: _Reader(_table(data, name, source), source, name)  # noqa: E731
+    return Config(
+        source=source,
+        server=_server(section("server")),
+        dns=_dns(section("dns")),
+        cache=_cache(section("cache")),
+        tls=_tls(section("tls")),
+        upstreams=_upstreams(_table(data, "upstreams", source), source),
+    )
+
+
+class _Reader:
+    """Typed access to one TOML table; every error names ``source`` and the dotted key."""
+
+    def __init__(self, table: dict[str, Any], source: str, prefix: str) -> None:
+        self.table, self.source, self.prefix = table, source, prefix
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, reason: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name), reason)
+
+    def reject_unknown(self, known: set[str]) -> None:
+        for name in self.table:
+            if name not in known:
+                raise self.fail(name, f"unknown key (known: {', '.join(sorted(known))})")
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        value = self.table.get(name, default)
+        if isinstance(value, bool) and kind is not bool and bool not in _tuple(kind):
+            raise self.fail(name, f"expected {_kind_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.fail(name, f"expected {_kind_name(kind)}, got {type(value).__name__}")
+        return value
+
+    def port(self, name: str, default: int, allow_zero: bool = False) -> int:
+        value = self.get(name, int, default)
+        if not (0 if allow_zero else 1) <= value <= 65535:
+            raise self.fail(name, f"port out of range: {value}")
+        return value
+
+    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(name, list, list(default))
+        if not all(isinstance(v, str) for v in value):
+            raise self.fail(name, "expected a list of strings")
+        return tuple(value)
+
+    def each(self, name: str, default: tuple[str, ...], convert: Callable[[str], Any]) -> tuple:
+        out = []
+        for item in self.strings(name, default):
+            try:
+                out.append(convert(item))
+            except ValueError as e:
+                raise self.fail(name, f"{item!r}: {e}") from None
+        return tuple(out)
+
+    def convert(self, name: str, kind: type, default: Any, convert: Callable[[Any], Any]) -> Any:
+        value = self.get(name, kind, default)
+        try:
+            return convert(value)
+        except ValueError as e:
+            raise self.fail(name, f"{value!r}: {e}") from None
+
+
+def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in _tuple(kind))
+
+
+def _table(data: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(source, name, "expected a table")
+    return value
+
+
+def _server(r: _Reader) -> ServerConfig:
+    d = ServerConfig()
+    r.reject_unknown({"state_dir", "listen", "http_port", "https_port", "proxy_port", "admin"})
+    return ServerConfig(
+        state_dir=Path(r.get("state_dir", str, str(d.state_dir))).expanduser(),
+        listen=r.each("listen", d.listen, _listen_address),
+        http_port=r.port("http_port", d.http_port),
+        https_port=r.port("https_port", d.https_port, allow_zero=True),
+        proxy_port=r.port("proxy_port", d.proxy_port, allow_zero=True),
+        admin=r.convert("admin", str, "%s:%d" % d.admin, parse_host_port),
+    )
+
+
+def _dns(r: _Reader) -> DnsConfig:
+    d = DnsConfig()
+    r.reject_unknown({"port", "forwarders", "advertise_ipv4", "advertise_ipv6", "ttl", "allow",
+                      "local_names"})
+    ttl = r.get("ttl", int, d.ttl)
+    if not 0 <= ttl <= 86400:
+        raise r.fail("ttl", f"must be between 0 and 86400 seconds, got {ttl}")
+    return DnsConfig(
+        port=r.port("port", d.port, allow_zero=True),
+        forwarders=r.each("forwarders", d.forwarders, _forwarder),
+        advertise_ipv4=r.convert("advertise_ipv4", str, d.advertise_ipv4, _ipv4_or_auto),
+        advertise_ipv6=r.convert("advertise_ipv6", str, d.advertise_ipv6, _ipv6_or_empty),
+        ttl=ttl,
+        allow=r.each("allow", tuple(str(n) for n in d.allow),
+                     lambda s: ipaddress.ip_network(s, strict=False)),
+        local_names=r.each("local_names", d.local_names, _hostname),
+    )
+
+
+def _cache(r: _Reader) -> CacheConfig:
+    d = CacheConfig()
+    r.reject_unknown({"size_limit", "offline", "negative_ttl", "connect_timeout", "idle_timeout"})
+    return CacheConfig(
+        size_limit=r.convert("size_limit", (str, int), d.size_limit, parse_size),
+        offline=r.get("offline", bool, d.offline),
+        negative_ttl=r.convert("negative_ttl", int, d.negative_ttl, _non_negative),
+        connect_timeout=r.convert("connect_timeout", (int, float), d.connect_timeout, _positive),
+        idle_timeout=r.convert("idle_timeout", (int, float), d.idle_timeout, _positive),
+    )
+
+
+def _tls(r: _Reader) -> TlsConfig:
+    d = TlsConfig()
+    r.reject_unknown({"key_type", "name_constraints"})
+    return TlsConfig(
+        key_type=r.convert("key_type", str, d.key_type, lambda v: _choice(v, ("ecdsa", "rsa"))),
+        name_constraints=r.get("name_constraints", bool, d.name_constraints),
+    )
+
+
+_UPSTREAM_KEYS = {"hosts", "origin", "scheme", "rules", "enabled"}
+_RULE_KEYS = {"path", "policy", "ttl", "digest"}
+
+
+def _upstreams(table: dict[str, Any], source: str) -> tuple[Upstream, ...]:
+    """Built-in entries, overridden or extended by ``[upstreams.NAME]`` tables.
+
+    For a built-in entry, ``hosts`` replaces its names, ``rules`` are tried before its own,
+    and ``enabled = false`` removes it.  A new entry needs ``hosts``.
+    """
+    entries = {u.name: u for u in BUILTIN}
+    for name, value in table.items():
+        r = _Reader(value if isinstance(value, dict) else {}, source, f"upstreams.{name}")
+        if not isinstance(value, dict):
+            raise ConfigError(source, r.prefix, "expected a table")
+        r.reject_unknown(_UPSTREAM_KEYS)
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+            raise ConfigError(source, r.prefix, "name must be lower-case letters, digits, - or _")
+        if not r.get("enabled", bool, True):
+            entries.pop(name, None)
+            continue
+        entries[name] = _upstream(r, name, entries.get(name))
+    return tuple(entries.values())
+
+
+def _upstream(r: _Reader, name: str, base: Upstream | None) -> Upstream:
+    if base is None and "hosts" not in r.table:
+        raise r.fail("hosts", "required for an entry that is not built in")
+    base = base or Upstream(name, ())
+    hosts = r.each("hosts", base.hosts, _host_pattern)
+    if not hosts:
+        raise r.fail("hosts", "must name at least one host")
+    rules = r.get("rules", list, [])
+    return replace(
+        base,
+        hosts=hosts,
+        scheme=r.convert("scheme", str, base.scheme, lambda v: _choice(v, ("http", "https"))),
+        origin=r.convert("origin", str, base.origin, _origin_url),
+        rules=tuple(_rule(r, i, rule) for i, rule in enumerate(rules)) + base.rules,
+    )
+
+
+def _rule(parent: _Reader, index: int, value: Any) -> Rule:
+    r = _Reader(value if isinstance(value, dict) else {}, parent.source,
+                f"{parent.prefix}.rules[{index}]")
+    if not isinstance(value, dict):
+        raise ConfigError(r.source, r.prefix, "expected a table {path = ..., policy = ...}")
+    r.reject_unknown(_RULE_KEYS)
+    if "path" not in value:
+        raise r.fail("path", "required")
+    pattern = r.convert("path", str, "", _regex)
+    policy = r.convert("policy", str, "standard", Policy)
+    ttl = r.convert("ttl", int, 600 if policy is Policy.REVALIDATE else 0, _non_negative)
+    digest = r.convert("digest", str, "", lambda v: _choice(v, ("", "pypi-blake2b")))
+    return Rule(pattern, policy, ttl, digest)
+
+
+# -- value converters: raise ValueError with a reason ------------------------------------
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+               "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+               "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(value: str | int) -> int:
+    """``"50GiB"``, ``"500MB"``, ``"1.5G"`` or a plain byte count."""
+    if isinstance(value, int):
+        size = value
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
+        if not m or m.group(2).lower() not in _SIZE_UNITS:
+            raise ValueError("expected a size such as 50GiB, 500MB or a byte count")
+        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    if size <= 0:
+        raise ValueError("must be greater than zero")
+    return size
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:3129"``, ``"[::1]:3129"``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected ADDRESS:PORT")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    ipaddress.ip_address(host)
+    return host, int(port)
+
+
+def _listen_address(value: str) -> str:
+    if value == "auto":
+        return value
+    return str(ipaddress.ip_address(value))
+
+
+def _forwarder(value: str) -> str:
+    if value == "system":
+        return value
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    parse_host_port(value)
+    return value
+
+
+def _ipv4_or_auto(value: str) -> str:
+    return value if value == "auto" else str(ipaddress.IPv4Address(value))
+
+
+def _ipv6_or_empty(value: str) -> str:
+    return value if value == "" else str(ipaddress.IPv6Address(value))
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
+                       r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _hostname(value: str) -> str:
+    name = value.lower().rstrip(".")
+    if not _HOSTNAME.fullmatch(name):
+        raise ValueError("not a valid hostname")
+    return name
+
+
+def _host_pattern(value: str) -> str:
+    if value.startswith("*."):
+        return "*." + _hostname(value[2:])
+    return _hostname(value)
+
+
+def _origin_url(value: str) -> str:
+    if value == "":
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected http://HOST[:PORT][/PREFIX] or https://…")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    return value.rstrip("/")
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"not a valid regular expression: {e}") from None
+    return value
+
+
+def _choice(value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}")
+    return value
+
+
+def _non_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than zero")
+    return float(value)
