@@ -1,0 +1,52 @@
+"""The addresses we listen on and the loop guard's idea of "ourselves"."""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import socket
+import struct
+
+LOOPBACK = "127.0.0.1"
+DOCKER_BRIDGE = "docker0"
+_SIOCGIFADDR = 0x8915  # linux/sockios.h: get an interface's IPv4 address
+
+
+def interface_ipv4(name: str) -> str | None:
+    """The IPv4 address of network interface ``name``, or None if it has none."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, struct.pack("256s", name[:15].encode()))
+        except OSError:
+            return None
+    return socket.inet_ntoa(packed[20:24])
+
+
+def listen_addresses(listen: tuple[str, ...], bridge: str = DOCKER_BRIDGE) -> list[str]:
+    """Concrete addresses for ``server.listen``: "auto" is the Docker bridge address (when
+    there is one) and 127.0.0.1."""
+    out: list[str] = []
+    for item in listen:
+        if item == "auto":
+            found = interface_ipv4(bridge)
+            out.extend(a for a in (found, LOOPBACK) if a)
+        else:
+            out.append(item)
+    return list(dict.fromkeys(out))
+
+
+def own_address_guard(addresses: list[str], ports: list[int]):  # type: ignore[no-untyped-def]
+    """A predicate ``(ip, port) -> bool``: is that one of our own listening sockets?
+
+    A wildcard listen address stands for every address of this host; we approximate that
+    by loopback plus every explicit address, which covers the loops that happen in
+    practice (our DNS answering a repository name with our own address)."""
+    wildcard = any(ipaddress.ip_address(a).is_unspecified for a in addresses)
+    explicit = {ipaddress.ip_address(a) for a in addresses}
+
+    def is_own(ip: str, port: int) -> bool:
+        if port not in ports:
+            return False
+        address = ipaddress.ip_address(ip)
+        return address in explicit or (wildcard and address.is_loopback)
+    return is_own

@@ -1,0 +1,133 @@
+"""A download in progress: an upstream body written to a partial file as it arrives, which
+any number of readers follow at their own pace.
+
+Memory stays bounded whatever the object size (bytes go straight to the file; readers
+``pread`` them back), and a slow reader never slows the download.  When the body ends it
+is verified (length, and a digest where the URL names one) before anyone may treat it as
+complete; a digest-checked body holds back its last byte until then, so no client ever
+sees a complete-looking body that fails verification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Callable
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger()
+
+Watcher = Callable[[], None]
+
+
+class VerificationError(Exception):
+    """The body does not match what the response or the URL promised."""
+
+
+class Download:
+    """An upstream body being written to ``path``; readers follow it with ``pread``."""
+
+    def __init__(self, path: str, length: int | None, blake2b_256: str | None = None) -> None:
+        self.path = path
+        self.length = length  # from Content-Length, when the upstream sent one
+        self.expected_blake2b = blake2b_256
+        self.size = 0
+        self.done = False
+        self.error: Failure | None = None
+        self.sha256 = hashlib.sha256()
+        self._blake2b = hashlib.blake2b(digest_size=32) if blake2b_256 else None
+        self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._read_fd: int | None = os.open(path, os.O_RDONLY)
+        self._watchers: list[Watcher] = []
+        self._on_finish: list[Callable[["Download"], None]] = []
+
+    @property
+    def finished(self) -> bool:
+        return self.done or self.error is not None
+
+    def available(self) -> int:
+        """How many bytes readers may send now."""
+        if self._blake2b is not None and not self.done:
+            return max(0, self.size - 1)
+        return self.size
+
+    # -- the writing side (a fetcher's body sink) ---------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.finished:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._write_fd, view):]
+        except OSError as e:
+            log.error("cannot write download {path}: {error}", path=self.path, error=e)
+            self.finish(Failure(e))
+            return
+        self.size += len(data)
+        self.sha256.update(data)
+        if self._blake2b is not None:
+            self._blake2b.update(data)
+        self._notify()
+
+    def finish(self, failure: Failure | None) -> None:
+        if self.finished:
+            return
+        os.close(self._write_fd)
+        if failure is None:
+            try:
+                self._verify()
+            except VerificationError as e:
+                failure = Failure(e)
+        if failure is None:
+            self.done = True
+        else:
+            self.error = failure
+        for callback in self._on_finish:
+            callback(self)
+        self._discard_uncommitted()
+        self._notify()
+        self._close_reader()
+
+    def _discard_uncommitted(self) -> None:
+        """Remove the partial file unless a finish callback committed (renamed) it."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def _verify(self) -> None:
+        if self.length is not None and self.size != self.length:
+            raise VerificationError(f"got {self.size} bytes, Content-Length said {self.length}")
+        if self._blake2b is not None and self._blake2b.hexdigest() != self.expected_blake2b:
+            raise VerificationError(
+                f"blake2b-256 {self._blake2b.hexdigest()} != {self.expected_blake2b} in the URL")
+
+    def on_finish(self, callback: Callable[["Download"], None]) -> None:
+        """Run ``callback(self)`` when the body ends, before readers are told."""
+        self._on_finish.append(callback)
+
+    # -- the reading side ----------------------------------------------------------------
+
+    def open_reader(self) -> int:
+        """A file descriptor of the body for one reader, valid after commit or unlink."""
+        assert self._read_fd is not None, "open_reader after the download finished"
+        return os.dup(self._read_fd)
+
+    def watch(self, watcher: Watcher) -> None:
+        self._watchers.append(watcher)
+
+    def unwatch(self, watcher: Watcher) -> None:
+        if watcher in self._watchers:
+            self._watchers.remove(watcher)
+
+    def _notify(self) -> None:
+        for watcher in list(self._watchers):
+            watcher()
+
+    def _close_reader(self) -> None:
+        if self._read_fd is not None:
+            os.close(self._read_fd)
+            self._read_fd = None

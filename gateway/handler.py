@@ -1,0 +1,330 @@
+"""Request handling: route by Host, then serve from the store, a flight, or a relay.
+
+``GatewayResource`` is the thin twisted.web side; ``Gateway`` decides, using the pure
+modules (catalogue, policy, keys, ranges, conditional) for every choice.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.resource import Resource
+
+from gateway import apt
+from gateway.catalogue import Policy, Rule, Upstream, find_upstream
+from gateway.conditional import not_modified
+from gateway.config import Config
+from gateway.fetcher import header_dict
+from gateway.flight import Failed, Flights, Outcome, Retry, Stored, Streaming, Target
+from gateway.headers import as_dict, passthrough_request_headers
+from gateway.keys import base_key, normalise_path, variant_key
+from gateway.policy import bypass_reason, invalidates, request_forces_revalidation
+from gateway.ranges import UNSATISFIABLE, if_range_allows, parse_range
+from gateway.stats import Stats
+from gateway.store import Entry, Store
+from gateway.streaming import FileStreamer
+
+log = Logger()
+
+# Bodies up to this size are read and written in one call: for small objects the
+# producer machinery costs more than the copy.
+SMALL_BODY = 64 * 1024
+
+
+@dataclass
+class Exchange:
+    """One client request being served."""
+
+    request: server.Request
+    method: str
+    host: str
+    path: str
+    headers: dict[str, str]
+    upstream: Upstream
+    rule: Rule
+    started: float
+    gone: bool = False
+
+
+class Gateway:
+    """Serves requests for catalogue hosts from the store, fetching misses once."""
+
+    def __init__(self, reactor, config: Config, store: Store, flights: Flights,  # type: ignore[no-untyped-def]
+                 stats: Stats) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.store = store
+        self.flights = flights
+        self.stats = stats
+
+    # -- routing ---------------------------------------------------------------------
+
+    def handle(self, request: server.Request) -> None:
+        method = request.method.decode("latin-1")
+        target = request_target(request)
+        if target is None:
+            return self._error(request, 400, "bad request target")
+        host, path = target
+        upstream = find_upstream(self.config.upstreams, host)
+        if upstream is None:
+            return self._error(request, 403, f"{host} is not a repository cachegate serves")
+        exchange = Exchange(request, method, host, path, header_dict(request.requestHeaders),
+                            upstream, upstream.rule_for(path), self.reactor.seconds())
+        request.notifyFinish().addErrback(lambda _: setattr(exchange, "gone", True))
+        if bypass_reason(method, exchange.headers, exchange.rule):
+            return self._relay(exchange)
+        self._lookup(exchange)
+
+    def _lookup(self, ex: Exchange) -> None:
+        base = base_key(ex.host, ex.path)
+        key = variant_key(base, self.store.vary(base), ex.headers)
+        entry = self.store.get(key)
+        if entry is not None and self._fresh(ex, entry):
+            return self._serve_entry(ex, entry, "HIT")
+        if self.config.cache.offline:
+            if entry is not None:
+                return self._serve_entry(ex, entry, "STALE")
+            return self._error(ex.request, 504, "offline and not in the cache")
+        target = Target(ex.host, ex.path, base, key, ex.upstream, ex.rule,
+                        ex.upstream.upstream_url(ex.host, ex.path), ex.headers)
+        d = self.flights.obtain(target, entry)
+        d.addCallback(self._serve_outcome, ex)
+        d.addErrback(self._bug, ex)
+
+    def _fresh(self, ex: Exchange, entry: Entry) -> bool:
+        now = self.reactor.seconds()
+        if not entry.meta.freshness.is_fresh(now):
+            return False
+        if ex.rule.policy is Policy.STANDARD and request_forces_revalidation(ex.headers):
+            return False
+        if ex.rule.apt_index and not apt.is_release_file(entry.meta.url):
+            suite = apt.suite_of(entry.meta.url)
+            return suite is None or \
+                entry.meta.freshness.response_time >= self.store.suite_changed_at(suite)
+        return True
+
+    def _relay(self, ex: Exchange) -> None:
+        body = ex.request.content.read() if ex.request.content is not None else None
+        url = ex.upstream.upstream_url(ex.host, ex.path)
+        d = self.flights.relay(ex.method, url, passthrough_request_headers(ex.headers), body)
+        if invalidates(ex.method, 200):
+            d.addCallback(self._invalidate, ex)
+        d.addCallback(self._serve_outcome, ex)
+        d.addErrback(self._bug, ex)
+
+    def _invalidate(self, outcome: Outcome, ex: Exchange) -> Outcome:
+        if isinstance(outcome, Streaming) and invalidates(ex.method, outcome.status):
+            base = base_key(ex.host, ex.path)
+            self.store.delete(variant_key(base, self.store.vary(base), ex.headers))
+        return outcome
+
+    # -- answering -------------------------------------------------------------------
+
+    def _serve_outcome(self, outcome: Outcome, ex: Exchange) -> None:
+        if ex.gone:
+            if isinstance(outcome, Streaming) and outcome.label == "PASS":
+                outcome.download.finish(Failure(ConnectionAbortedError("client gone")))
+            return
+        if isinstance(outcome, Stored):
+            self._serve_entry(ex, outcome.entry, outcome.label, outcome.warning)
+        elif isinstance(outcome, Streaming):
+            self._serve_download(ex, outcome)
+        elif isinstance(outcome, Retry):
+            self._relay(ex) if outcome.bypass else self._lookup(ex)
+        else:
+            assert isinstance(outcome, Failed)
+            self._error(ex.request, outcome.status, outcome.reason, ex)
+
+    def _serve_entry(self, ex: Exchange, entry: Entry, label: str,
+                     warning: str | None = None) -> None:
+        meta = entry.meta
+        try:
+            fd = os.open(entry.path, os.O_RDONLY)
+        except FileNotFoundError:  # evicted between lookup and open
+            self.store.delete(entry.key)
+            return self._lookup(ex)
+        request = ex.request
+        request.setResponseCode(meta.status)
+        _replay_headers(request, meta.headers)
+        request.setHeader("Age", str(int(meta.freshness.age(self.reactor.seconds()))))
+        if warning:
+            request.setHeader("Warning", warning)
+        self._send_body(ex, fd, meta.length, meta.status, as_dict(meta.headers), label, None)
+
+    def _serve_download(self, ex: Exchange, outcome: Streaming) -> None:
+        download = outcome.download
+        try:
+            fd = download.open_reader()
+        except AssertionError:  # finished between join and now: look again
+            return self._lookup(ex)
+        request = ex.request
+        request.setResponseCode(outcome.status)
+        _replay_headers(request, outcome.headers)
+        self._send_body(ex, fd, download.length, outcome.status, as_dict(outcome.headers),
+                        outcome.label, download)
+
+    def _send_body(self, ex: Exchange, fd: int, length: int | None, status: int,
+                   headers: dict[str, str], label: str, download) -> None:  # type: ignore[no-untyped-def]
+        request = ex.request
+        request.setHeader("X-Cache", label)
+        start, end = 0, (length - 1 if length is not None else None)
+        if status == 200 and ex.method in ("GET", "HEAD"):
+            if not_modified(ex.headers, headers):
+                os.close(fd)
+                request.setResponseCode(http.NOT_MODIFIED)
+                for name in ("content-type", "content-encoding"):
+                    request.responseHeaders.removeHeader(name)
+                request.finish()
+                return self._log(ex, 304, label, 0)
+            chosen = self._range(ex, length, headers)
+            if chosen == UNSATISFIABLE:
+                os.close(fd)
+                request.setResponseCode(http.REQUESTED_RANGE_NOT_SATISFIABLE)
+                request.setHeader("Content-Range", f"bytes */{length}")
+                request.setHeader("Content-Length", "0")
+                request.finish()
+                return self._log(ex, 416, label, 0)
+            if chosen is not None:
+                start, end = chosen
+                request.setResponseCode(http.PARTIAL_CONTENT)
+                request.setHeader("Content-Range", f"bytes {start}-{end}/{length}")
+        if length is not None:
+            request.setHeader("Content-Length", str(end - start + 1))
+        if ex.method == "HEAD":
+            os.close(fd)
+            request.finish()
+            return self._log(ex, request.code, label, 0)
+        if download is None and end is not None and end - start + 1 <= SMALL_BODY:
+            return self._send_small(ex, fd, start, end, label)
+        code = request.code
+        FileStreamer(request, fd, start, end, download,
+                     lambda sent, ok: self._log(ex, code, label, sent, ok)).start()
+
+    def _send_small(self, ex: Exchange, fd: int, start: int, end: int, label: str) -> None:
+        try:
+            data = os.pread(fd, end - start + 1, start)
+        finally:
+            os.close(fd)
+        if len(data) != end - start + 1:
+            log.error("stored body of {url} is short: dropped", url=ex.host + ex.path)
+            ex.request.transport.abortConnection()
+            return
+        ex.request.write(data)
+        ex.request.finish()
+        self._log(ex, ex.request.code, label, len(data))
+
+    def _range(self, ex: Exchange, length: int | None, headers: dict[str, str]):  # type: ignore[no-untyped-def]
+        if length is None or "range" not in ex.headers:
+            return None
+        if not if_range_allows(ex.headers.get("if-range"), headers.get("etag"),
+                               headers.get("last-modified")):
+            return None
+        return parse_range(ex.headers["range"], length)
+
+    def _error(self, request: server.Request, status: int, reason: str,
+               ex: Exchange | None = None) -> None:
+        body = f"cachegate: {reason}\n".encode()
+        request.setResponseCode(status)
+        request.setHeader("Content-Type", "text/plain; charset=utf-8")
+        request.setHeader("Content-Length", str(len(body)))
+        request.setHeader("Cache-Control", "no-store")
+        if request.method != b"HEAD":
+            request.write(body)
+        request.finish()
+        if ex is not None:
+            self._log(ex, status, "ERROR", 0)
+        else:
+            log.warn("{client} {method} {uri}: {status} {reason}",
+                     client=_client(request), method=request.method.decode("latin-1"),
+                     uri=request.uri.decode("latin-1"), status=status, reason=reason)
+
+    def _bug(self, failure: Failure, ex: Exchange) -> None:
+        log.failure("error serving {host}{path}", failure, host=ex.host, path=ex.path)
+        if not ex.gone and not ex.request.startedWriting:
+            self._error(ex.request, 500, "internal error", ex)
+        elif not ex.gone:
+            ex.request.transport.abortConnection()
+
+    def _log(self, ex: Exchange, status: int, label: str, sent: int, complete: bool = True) -> None:
+        self.stats.record(ex.upstream.name, _client(ex.request), label, sent)
+        log.info("{client} {method} {host}{path} {status} {label} {sent}B {ms}ms{aborted}",
+                 client=_client(ex.request), method=ex.method, host=ex.host, path=ex.path,
+                 status=status, label=label, sent=sent,
+                 ms=int((self.reactor.seconds() - ex.started) * 1000),
+                 aborted="" if complete else " ABORTED")
+
+
+def _replay_headers(request: server.Request, pairs: list[tuple[str, str]]) -> None:
+    """The upstream's headers replace twisted.web's defaults (``Date``, ``Server``)."""
+    for name in {name.lower() for name, _ in pairs}:
+        request.responseHeaders.removeHeader(name)
+    for name, value in pairs:
+        request.responseHeaders.addRawHeader(name, value)
+
+
+def _client(request: server.Request) -> str:
+    peer = request.getClientAddress()
+    return getattr(peer, "host", "?")
+
+
+def request_target(request: server.Request) -> tuple[str, str] | None:
+    """(host, path-and-query) from an origin-form request and its Host header, or from
+    an absolute-form ``http://`` request (clients with ``http_proxy`` set); None if bad."""
+    uri = request.uri.decode("latin-1")
+    if uri.startswith(("http://", "HTTP://")):
+        parts = urlsplit(uri)
+        host, path = parts.hostname or "", (parts.path or "/") + (
+            f"?{parts.query}" if parts.query else "")
+    else:
+        raw_host = request.getHeader("host") or ""
+        host, path = raw_host.rsplit(":", 1)[0] if raw_host.count(":") == 1 else raw_host, uri
+    host = host.lower().rstrip(".")
+    path = normalise_path(path)
+    if not host or path is None:
+        return None
+    return host, path
+
+
+class GatewayResource(Resource):
+    """The twisted.web face of ``Gateway``: every request, whatever its path."""
+
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render(self, request: server.Request) -> int:
+        request.defaultContentType = None
+        try:
+            self.gateway.handle(request)
+        except Exception:
+            log.failure("error handling {uri}", uri=request.uri)
+            if not request.startedWriting:
+                self.gateway._error(request, 500, "internal error")
+        return server.NOT_DONE_YET
+
+
+class GatewayChannel(http.HTTPChannel):
+    """HTTP/1.1 channel with Nagle off: a small response must not wait ~40 ms for an ACK."""
+
+    def connectionMade(self) -> None:  # noqa: N802
+        super().connectionMade()
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+
+
+class GatewaySite(server.Site):
+    """A ``Site`` without twisted.web's own access log (``Gateway`` logs each request)."""
+
+    protocol = GatewayChannel
+
+    def log(self, request: server.Request) -> None:
+        pass

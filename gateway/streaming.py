@@ -1,0 +1,114 @@
+"""Send a body from a file to one client at the client's pace, following a download that is
+still growing.  A push producer: the HTTP channel pauses it when the client's socket buffer
+is full and resumes it when drained, so memory per client is one chunk."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gateway.download import Download
+
+log = Logger()
+
+# Large enough that per-chunk overhead vanishes at loopback speeds, small enough that 500
+# clients' worth of chunks is a few tens of MB at most.
+CHUNK = 256 * 1024
+
+
+@implementer(IPushProducer)
+class FileStreamer:
+    """Writes bytes ``start..end`` (inclusive; ``end`` None = until the download ends) of
+    ``fd`` to ``request``, then finishes it; aborts the connection if the download fails."""
+
+    def __init__(self, request, fd: int, start: int, end: int | None,  # type: ignore[no-untyped-def]
+                 download: Download | None, on_done: Callable[[int, bool], None]) -> None:
+        self.request = request
+        self.fd = fd
+        self.pos = start
+        self.end = end
+        self.download = download
+        self.on_done = on_done  # (bytes sent, completed)
+        self.sent = 0
+        self.paused = False
+        self.closed = False
+        self._pumping = False
+
+    def start(self) -> None:
+        self.request.registerProducer(self, True)
+        self.request.notifyFinish().addErrback(lambda _: self._close(completed=False))
+        if self.download is not None:
+            self.download.watch(self._pump)
+        self._pump()
+
+    def _limit(self) -> int | None:
+        """One past the last byte we may send now; None once there is nothing more."""
+        if self.download is None or self.download.done:
+            total = self.download.size if self.download is not None else None
+            last = self.end if self.end is not None else (total - 1 if total is not None else -1)
+            return last + 1
+        available = self.download.available()
+        return available if self.end is None else min(available, self.end + 1)
+
+    def _pump(self) -> None:
+        if self._pumping or self.closed:
+            return
+        self._pumping = True
+        try:
+            while not self.paused and not self.closed:
+                limit = self._limit()
+                if self.pos < limit:
+                    self._send(min(CHUNK, limit - self.pos))
+                elif self.download is not None and self.download.error is not None:
+                    self._abort()
+                elif self.download is None or self.download.done or \
+                        (self.end is not None and self.pos > self.end):
+                    self._finish()
+                else:
+                    return  # wait for the download to grow
+        finally:
+            self._pumping = False
+
+    def _send(self, size: int) -> None:
+        data = os.pread(self.fd, size, self.pos)
+        if not data:  # the file is shorter than promised: never pretend it is complete
+            log.error("body file ended early at {pos}", pos=self.pos)
+            self._abort()
+            return
+        self.pos += len(data)
+        self.sent += len(data)
+        self.request.write(data)
+
+    def _finish(self) -> None:
+        self._close(completed=True)
+        self.request.unregisterProducer()
+        self.request.finish()
+
+    def _abort(self) -> None:
+        self._close(completed=False)
+        self.request.unregisterProducer()
+        self.request.transport.abortConnection()
+
+    def _close(self, completed: bool) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.download is not None:
+            self.download.unwatch(self._pump)
+        os.close(self.fd)
+        self.on_done(self.sent, completed)
+
+    # IPushProducer
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self._close(completed=False)
