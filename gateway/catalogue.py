@@ -109,7 +109,9 @@ _MAVEN_RULES = (
 
 BUILTIN: tuple[Upstream, ...] = (
     Upstream("debian", ("deb.debian.org", "security.debian.org", "cdn-fastly.deb.debian.org",
-                        "ftp.debian.org", "debian.map.fastlydns.net"), _APT_RULES, "http"),
+                        "ftp.debian.org", "debian.map.fastlydns.net"), _APT_RULES),
+    # Country mirrors (*.archive.ubuntu.com) and ports often lack HTTPS; apt verifies
+    # signatures either way.
     Upstream("ubuntu", ("archive.ubuntu.com", "*.archive.ubuntu.com", "security.ubuntu.com",
                         "ports.ubuntu.com"), _APT_RULES, "http"),
     Upstream("alpine", ("dl-cdn.alpinelinux.org",), (
@@ -125,7 +127,7 @@ BUILTIN: tuple[Upstream, ...] = (
     Upstream("npm", ("registry.npmjs.org", "registry.yarnpkg.com"), (
         Rule(r"^/-/npm/v1/security/", P),  # npm audit: POSTs and per-project answers
         Rule(r"/-/[^/]+\.tgz$", I),
-        Rule(r"^/(@[^/]+/)?[^/@][^/]*/?$", R, INDEX_TTL),  # packuments, scoped or not
+        Rule(r"^/(@[^/]+(/|%2[fF]))?[^/@][^/]*/?$", R, INDEX_TTL),  # packuments, scoped or not
     )),
     Upstream("maven", ("repo1.maven.org", "repo.maven.apache.org"), _MAVEN_RULES),
     Upstream("go", ("proxy.golang.org",), (

@@ -350,11 +350,21 @@ def _forwarder(value: str) -> str:
 
 
 def _ipv4_or_auto(value: str) -> str:
-    return value if value == "auto" else str(ipaddress.IPv4Address(value))
+    if value == "auto":
+        return value
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ValueError('expected an IPv4 address or "auto"') from None
 
 
 def _ipv6_or_empty(value: str) -> str:
-    return value if value == "" else str(ipaddress.IPv6Address(value))
+    if value == "":
+        return value
+    try:
+        return str(ipaddress.IPv6Address(value))
+    except ValueError:
+        raise ValueError('expected an IPv6 address or "" (none)') from None
 
 
 _HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
