@@ -38,6 +38,11 @@ class GatewayService(service.MultiService):
         self.gateway = Gateway(reactor, config, self.store, flights, self.stats)
         self.site = GatewaySite(GatewayResource(self.gateway), timeout=CLIENT_IDLE_TIMEOUT)
 
+    def http_ports(self) -> list[int]:
+        """The bound HTTP ports (useful when configured as 0)."""
+        return [child._port.getHost().port for child in self
+                if isinstance(child, internet.TCPServer) and child.args[1] is self.site]
+
     def stopService(self):  # type: ignore[no-untyped-def]  # noqa: N802
         d = super().stopService()
         d.addBoth(lambda _: self.fetcher.close())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install what the test suite needs (Python packages into .venv; Debian packages when root)
+# and run it. Arguments go to pytest, e.g. scripts/test.sh -k herd -x
+set -Eeuo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+error() { echo "error: $*" >&2; exit 1; }
+
+# Debian packages the tests drive: dig for DNS, real package clients, shellcheck.
+DEBS=(bind9-dnsutils curl openssl apt shellcheck)
+missing=()
+for deb in "${DEBS[@]}"; do
+  dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "ok installed" || missing+=("$deb")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "warning: missing Debian packages (${missing[*]}): their tests will skip" >&2
+  fi
+fi
+
+command -v python3 >/dev/null || error "python3 is required"
+if [[ ! -x .venv/bin/python ]]; then
+  python3 -m venv .venv || error "cannot create .venv (is python3-venv installed?)"
+fi
+# Reinstall only when the dependencies changed.
+stamp=.venv/.cachegate-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  echo "$want" > "$stamp"
+fi
+
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,90 @@
+"""Test clients: an in-reactor HTTP client that names the Host it wants (as a client whose
+DNS points at cachegate would), and a raw client that reads at a set pace."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.web.client import Agent, HTTPConnectionPool, ProxyAgent, readBody
+from twisted.web.http_headers import Headers
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.body).hexdigest()
+
+
+def _pool() -> HTTPConnectionPool:
+    return HTTPConnectionPool(reactor, persistent=False)
+
+
+@defer.inlineCallbacks
+def fetch(port: int, host: str, path: str, headers: dict[str, str] | None = None,
+          method: str = "GET", proxy: bool = False, body=None):  # type: ignore[no-untyped-def]
+    """One request to the gateway on 127.0.0.1:``port`` for ``host`` + ``path``.
+
+    ``proxy=True`` sends the absolute form (``GET http://host/path``), as a client with
+    ``http_proxy`` set does."""
+    raw = Headers({k.encode(): [v.encode()] for k, v in (headers or {}).items()})
+    if proxy:
+        agent = ProxyAgent(TCP4ClientEndpoint(reactor, "127.0.0.1", port), reactor, pool=_pool())
+        url = f"http://{host}{path}"
+    else:
+        raw.setRawHeaders(b"host", [host.encode()])
+        agent = Agent(reactor, pool=_pool())
+        url = f"http://127.0.0.1:{port}{path}"
+    response = yield agent.request(method.encode(), url.encode(), raw, body)
+    data = yield readBody(response)
+    reply_headers = {k.decode().lower(): ", ".join(x.decode() for x in v)
+                     for k, v in response.headers.getAllRawHeaders()}
+    return Reply(response.code, reply_headers, data)
+
+
+class _RawResponse(protocol.Protocol):
+    """Reads a whole HTTP/1.1 response (until the server closes), optionally slowly."""
+
+    def __init__(self, request: bytes, rate: int | None) -> None:
+        self.request, self.rate = request, rate
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.first_byte_at: float | None = None
+        self.done: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.first_byte_at is None:
+            self.first_byte_at = reactor.seconds()
+        self.chunks.append(data)
+        self.received += len(data)
+        if self.rate:  # stop reading for as long as these bytes "take" at the rate
+            self.transport.pauseProducing()
+            reactor.callLater(len(data) / self.rate, self.transport.resumeProducing)
+
+    def connectionLost(self, reason) -> None:  # noqa: N802
+        self.done.callback(b"".join(self.chunks))
+
+
+@defer.inlineCallbacks
+def raw_get(port: int, host: str, path: str, rate: int | None = None,
+            extra: str = ""):  # type: ignore[no-untyped-def]
+    """GET with ``Connection: close``; returns (head, body, protocol) once the server closes.
+    ``rate`` (bytes/s) makes the client read that slowly, pushing back through TCP."""
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n"
+               ).encode()
+    proto = _RawResponse(request, rate)
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    yield endpoint.connect(protocol.Factory.forProtocol(lambda: proto))
+    data = yield proto.done
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), body, proto
