@@ -1,0 +1,117 @@
+"""The HTTPS server's TLS settings: a certificate per SNI name, chosen during the handshake.
+
+``SNIContexts.options`` is a Twisted ``CertificateOptions`` whose front context has no
+certificate; its ``contextForServerName`` hook switches each connection to the context of
+the name the client asked for, minting the leaf on first use.  A name that is not allowed,
+or no name at all, keeps the front context: with no certificate to offer, the handshake
+fails.  (Twisted's hook rather than our own ``set_tlsext_servername_callback``: it already
+aborts the connection cleanly if the lookup raises.)
+
+Session resumption across names: OpenSSL keeps the session cache and ticket keys on the
+context a connection *started* with (the front one), and accepts a session only when its
+session-id context matches; every context here gets the same ``SESSION_ID_CONTEXT`` and
+the same options (tickets on), so resumed handshakes resume whichever name they are for.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from functools import cached_property
+from typing import Any, Callable
+
+from cryptography import x509
+from OpenSSL import SSL
+from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.logger import Logger
+
+from tls.leaf import MAX_CACHED_NAMES, LeafCache
+
+log = Logger()
+
+# Twisted gives each CertificateOptions a random session-id context; one shared value lets
+# a session from one per-name context resume under another context built for the same name.
+SESSION_ID_CONTEXT = b"cachegate"
+# The gateway speaks HTTP/1.1 only (twisted.web adds h2 itself if the h2 package is present).
+ALPN_PROTOCOLS = (b"http/1.1",)
+_HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
+                       r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def server_options(**kwargs: Any) -> CertificateOptions:
+    """TLS 1.2+, ALPN http/1.1, server-side session cache and stateless tickets."""
+    return CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2,
+                              acceptableProtocols=list(ALPN_PROTOCOLS), enableSessions=True,
+                              enableSessionTickets=True, **kwargs)
+
+
+class SNIContexts:
+    """Per-name ``SSL.Context`` objects for the names ``allowed`` accepts.
+
+    ``allowed(name)`` receives a lower-case, syntactically valid DNS name.
+    """
+
+    def __init__(self, leaves: LeafCache, allowed: Callable[[str], bool],
+                 max_names: int = MAX_CACHED_NAMES) -> None:
+        self.leaves, self.allowed, self.max_names = leaves, allowed, max_names
+        self.refused = 0
+        self._contexts: OrderedDict[str, tuple[x509.Certificate, SSL.Context]] = OrderedDict()
+
+    @cached_property
+    def options(self) -> CertificateOptions:
+        """For ``reactor.listenSSL``, ``SSL4ServerEndpoint``, ``TLSMemoryBIOFactory`` or
+        ``transport.startTLS``: the front context, which switches per SNI name."""
+        options = server_options(contextForServerName=self.context_for)
+        options.getContext().set_session_id(SESSION_ID_CONTEXT)
+        return options
+
+    def context_for(self, server_name: bytes | None) -> SSL.Context | None:
+        """The context for the client's SNI name, or None to fail the handshake."""
+        name = _parse_name(server_name)
+        if name is None or not self.allowed(name):
+            self.refused += 1
+            why = ("no SNI" if not server_name else "not a valid name" if name is None
+                   else "not allowed")
+            log.warn("TLS: no certificate for {name}: {why}", name=repr(server_name), why=why)
+            return None
+        cert = self.leaves.certificate(name)
+        cached = self._contexts.get(name)
+        if cached is None or cached[0] is not cert:
+            cached = (cert, self._build(cert))
+        self._contexts[name] = cached
+        self._contexts.move_to_end(name)
+        while len(self._contexts) > self.max_names:
+            self._contexts.popitem(last=False)
+        return cached[1]
+
+    def _build(self, cert: x509.Certificate) -> SSL.Context:
+        """The leaf, its key and the CA certificate (sent so tools can show the chain)."""
+        options = server_options(privateKey=self.leaves.key, certificate=cert,
+                                 extraCertChain=[self.leaves.ca.cert])
+        context = options.getContext()
+        context.set_session_id(SESSION_ID_CONTEXT)
+        return context
+
+
+def _parse_name(server_name: bytes | None) -> str | None:
+    if not server_name:
+        return None
+    try:
+        name = server_name.decode("ascii").lower()
+    except UnicodeDecodeError:
+        return None
+    return name if _HOSTNAME.fullmatch(name) else None
+
+
+def sni_name(transport: object) -> str | None:
+    """The SNI name a TLS connection negotiated (lower case), or None for plain TCP or none.
+
+    ``transport`` is a protocol's transport (``request.channel.transport`` in twisted.web),
+    after ``listenSSL``, a TLS endpoint or ``startTLS``.
+    """
+    get_handle = getattr(transport, "getHandle", None)
+    handle = get_handle() if get_handle is not None else None
+    if not isinstance(handle, SSL.Connection):
+        return None
+    name = handle.get_servername()
+    return name.decode("ascii").lower() if name else None
