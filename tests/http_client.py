@@ -50,39 +50,66 @@ def fetch(port: int, host: str, path: str, headers: dict[str, str] | None = None
 
 
 class _RawResponse(protocol.Protocol):
-    """Reads a whole HTTP/1.1 response (until the server closes), optionally slowly."""
+    """Reads a whole HTTP/1.1 response (until the server closes), optionally slowly.
+    With ``keep=False`` the body is only hashed (``sha256``, ``body_length``), so fifty
+    clients of a 50 MB object do not hold 2.5 GB in the test process."""
 
-    def __init__(self, request: bytes, rate: int | None) -> None:
-        self.request, self.rate = request, rate
+    def __init__(self, request: bytes, rate: int | None, keep: bool = True) -> None:
+        self.request, self.rate, self.keep = request, rate, keep
         self.chunks: list[bytes] = []
+        self.head = b""
+        self.in_body = False
+        self.body_hash = hashlib.sha256()
+        self.body_length = 0
         self.received = 0
         self.first_byte_at: float | None = None
+        self.finished_at: float | None = None
         self.done: defer.Deferred = defer.Deferred()
+
+    @property
+    def sha256(self) -> str:
+        return self.body_hash.hexdigest()
 
     def connectionMade(self) -> None:  # noqa: N802
         self.transport.write(self.request)
 
+    def _consume(self, data: bytes) -> None:
+        if not self.in_body:
+            self.head += data
+            if b"\r\n\r\n" not in self.head:
+                return
+            self.head, _, data = self.head.partition(b"\r\n\r\n")
+            self.in_body = True
+        self.body_hash.update(data)
+        self.body_length += len(data)
+
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.first_byte_at is None:
             self.first_byte_at = reactor.seconds()
-        self.chunks.append(data)
+        if self.keep:
+            self.chunks.append(data)
+        self._consume(data)
         self.received += len(data)
         if self.rate:  # stop reading for as long as these bytes "take" at the rate
             self.transport.pauseProducing()
             reactor.callLater(len(data) / self.rate, self.transport.resumeProducing)
 
     def connectionLost(self, reason) -> None:  # noqa: N802
+        self.finished_at = reactor.seconds()
         self.done.callback(b"".join(self.chunks))
 
 
 @defer.inlineCallbacks
-def raw_get(port: int, host: str, path: str, rate: int | None = None,
-            extra: str = ""):  # type: ignore[no-untyped-def]
+def raw_get(port: int, host: str, path: str, rate: int | None = None, extra: str = "",
+            keep: bool = True, started: list | None = None):  # type: ignore[no-untyped-def]
     """GET with ``Connection: close``; returns (head, body, protocol) once the server closes.
-    ``rate`` (bytes/s) makes the client read that slowly, pushing back through TCP."""
+    ``rate`` (bytes/s) makes the client read that slowly, pushing back through TCP;
+    ``started`` receives the protocol as soon as it connects (to watch it mid-transfer)."""
     request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n"
                ).encode()
-    proto = _RawResponse(request, rate)
+    proto = _RawResponse(request, rate, keep)
+    if started is not None:
+        started.append(proto)
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     yield endpoint.connect(protocol.Factory.forProtocol(lambda: proto))
     data = yield proto.done

@@ -1,0 +1,78 @@
+"""The gateway as a real process (``cachegate serve``), for what needs one: kill -9,
+restart, and memory measured from outside."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.internet import defer, reactor, task
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def toml_config(state_dir: Path, http_port: int, origin_url: str, names: list[str],
+                extra: str = "") -> str:
+    lines = ["[server]", f'state_dir = "{state_dir}"', 'listen = ["127.0.0.1"]',
+             f"http_port = {http_port}", "https_port = 0", "", extra, ""]
+    for name in names:
+        lines += [f"[upstreams.{name}]", f'origin = "{origin_url}/{name}"', ""]
+    return "\n".join(lines)
+
+
+class GatewayProcess:
+    """``cachegate serve`` in a child process, on a free loopback port."""
+
+    def __init__(self, tmp: Path, origin_url: str, state_dir: Path | None = None,
+                 extra: str = "") -> None:
+        self.port = free_port()
+        self.state_dir = state_dir or tmp / "state"
+        self.config = tmp / f"cachegate-{self.port}.toml"
+        names = ["debian", "ubuntu", "alpine", "pypi", "npm", "maven"]
+        self.config.write_text(toml_config(self.state_dir, self.port, origin_url, names, extra))
+        self.log = open(tmp / f"gateway-{self.port}.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "--config", str(self.config), "serve"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    @defer.inlineCallbacks
+    def ready(self, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+        """Wait (without blocking the reactor) until the HTTP port accepts connections."""
+        for _ in range(int(timeout / 0.05)):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        raise TimeoutError("gateway did not start listening")
+
+    def status(self, field: str) -> int:
+        """A /proc/PID/status figure in KiB (VmRSS, VmHWM)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.log.close()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(20)
+        self.log.close()
+        return self.proc.returncode
