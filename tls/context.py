@@ -7,10 +7,12 @@ or no name at all, keeps the front context: with no certificate to offer, the ha
 fails.  (Twisted's hook rather than our own ``set_tlsext_servername_callback``: it already
 aborts the connection cleanly if the lookup raises.)
 
-Session resumption across names: OpenSSL keeps the session cache and ticket keys on the
-context a connection *started* with (the front one), and accepts a session only when its
-session-id context matches; every context here gets the same ``SESSION_ID_CONTEXT`` and
-the same options (tickets on), so resumed handshakes resume whichever name they are for.
+Session resumption: OpenSSL keeps the session cache, the ticket keys and the session-id
+context on the context a connection *started* with (the front one, the same for every
+connection in the process), so resumption does not depend on which per-name context a name
+switched to, nor on that context having been rebuilt since (tests/test_tls_server.py
+checks both, TLS 1.2 and 1.3).  Every context gets the same options, so the switch never
+changes whether tickets are on (OpenSSL once mishandled that: openssl/openssl#1098).
 """
 
 from __future__ import annotations
@@ -29,9 +31,6 @@ from tls.leaf import MAX_CACHED_NAMES, LeafCache
 
 log = Logger()
 
-# Twisted gives each CertificateOptions a random session-id context; one shared value lets
-# a session from one per-name context resume under another context built for the same name.
-SESSION_ID_CONTEXT = b"cachegate"
 # The gateway speaks HTTP/1.1 only (twisted.web adds h2 itself if the h2 package is present).
 ALPN_PROTOCOLS = (b"http/1.1",)
 _HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
@@ -39,7 +38,8 @@ _HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
 
 
 def server_options(**kwargs: Any) -> CertificateOptions:
-    """TLS 1.2+, ALPN http/1.1, server-side session cache and stateless tickets."""
+    """TLS 1.2+, ALPN http/1.1, resumption by session id (TLS 1.2 clients without ticket
+    support) and by stateless tickets (all others)."""
     return CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2,
                               acceptableProtocols=list(ALPN_PROTOCOLS), enableSessions=True,
                               enableSessionTickets=True, **kwargs)
@@ -61,9 +61,7 @@ class SNIContexts:
     def options(self) -> CertificateOptions:
         """For ``reactor.listenSSL``, ``SSL4ServerEndpoint``, ``TLSMemoryBIOFactory`` or
         ``transport.startTLS``: the front context, which switches per SNI name."""
-        options = server_options(contextForServerName=self.context_for)
-        options.getContext().set_session_id(SESSION_ID_CONTEXT)
-        return options
+        return server_options(contextForServerName=self.context_for)
 
     def context_for(self, server_name: bytes | None) -> SSL.Context | None:
         """The context for the client's SNI name, or None to fail the handshake."""
@@ -72,7 +70,8 @@ class SNIContexts:
             self.refused += 1
             why = ("no SNI" if not server_name else "not a valid name" if name is None
                    else "not allowed")
-            log.warn("TLS: no certificate for {name}: {why}", name=repr(server_name), why=why)
+            shown = server_name.decode("ascii", "backslashreplace") if server_name else None
+            log.warn("TLS: no certificate for {name}: {why}", name=shown, why=why)
             return None
         cert = self.leaves.certificate(name)
         cached = self._contexts.get(name)
@@ -86,11 +85,8 @@ class SNIContexts:
 
     def _build(self, cert: x509.Certificate) -> SSL.Context:
         """The leaf, its key and the CA certificate (sent so tools can show the chain)."""
-        options = server_options(privateKey=self.leaves.key, certificate=cert,
-                                 extraCertChain=[self.leaves.ca.cert])
-        context = options.getContext()
-        context.set_session_id(SESSION_ID_CONTEXT)
-        return context
+        return server_options(privateKey=self.leaves.key, certificate=cert,
+                              extraCertChain=[self.leaves.ca.cert]).getContext()
 
 
 def _parse_name(server_name: bytes | None) -> str | None:
