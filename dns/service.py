@@ -1,0 +1,67 @@
+"""Wiring: the resolver's listeners and shared state built from the config, in one call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.logger import Logger
+
+from dns.access import AccessPolicy
+from dns.answers import RedirectTarget
+from dns.cache import AnswerCache
+from dns.forwarder import DEFAULT_TIMEOUT, Forwarder
+from dns.resolvconf import forwarders
+from dns.responder import Responder
+from dns.rules import RedirectRules
+from dns.server import DnsListener
+from dns.stats import DnsStats
+from gateway.config import Config
+
+log = Logger()
+
+RESOLV_CONF = Path("/etc/resolv.conf")
+
+
+def dns_services(config: Config, reactor: Any, addresses: list[str], advertise_ipv4: str,
+                 resolv_conf: Path = RESOLV_CONF, timeout: float = DEFAULT_TIMEOUT
+                 ) -> tuple[list[IService], Forwarder, DnsStats]:
+    """The DNS half of the process.
+
+    ``addresses`` are the concrete listen addresses (``server.listen`` with "auto"
+    resolved); ``advertise_ipv4`` is the A answer for redirected names (``dns.advertise_ipv4``
+    with "auto" resolved).  Returns:
+
+    - one ``DnsListener`` service (UDP + TCP on ``config.dns.port``) per address, to add to
+      the process's MultiService (each has ``.port``: the bound number, useful with port 0);
+    - the ``Forwarder``: pass ``forwarder.resolve_addresses`` to the gateway's fetcher as
+      its resolver, so upstream names never go through our own redirects;
+    - the ``DnsStats`` counters, for the admin API.
+
+    Forwarders are ``config.dns.forwarders``, "system" read from ``resolv_conf``, minus
+    ``addresses`` on our port.  Nothing is bound until the services start.
+    """
+    dns = config.dns
+    servers = forwarders(dns.forwarders, _read(resolv_conf), addresses, dns.port)
+    if not servers:
+        log.error("no upstream DNS servers: every name outside the catalogue gets SERVFAIL")
+    cache = AnswerCache(reactor.seconds)
+    forwarder = Forwarder(reactor, servers, cache, timeout)
+    stats = DnsStats()
+    responder = Responder(
+        reactor.seconds,
+        RedirectRules.from_catalogue(config.upstreams, dns.local_names),
+        RedirectTarget(advertise_ipv4, dns.advertise_ipv6, dns.ttl),
+        AccessPolicy(dns.allow), cache, forwarder, stats)
+    listeners: list[IService] = [DnsListener(reactor, responder, a, dns.port) for a in addresses]
+    return listeners, forwarder, stats
+
+
+def _read(path: Path) -> str:
+    """The resolv.conf text; missing or unreadable counts as empty (logged)."""
+    try:
+        return path.read_text()
+    except OSError as e:
+        log.warn("cannot read {path}: {why}", path=str(path), why=e.strerror)
+        return ""
