@@ -137,12 +137,12 @@ def client_reply(query: DNSRecord, upstream: DNSRecord, cached: bool) -> DNSReco
 def pack_reply(reply: DNSRecord, limit: int | None) -> bytes:
     """Wire bytes; over ``limit`` (UDP) the answer is replaced by a header + question
     (+ OPT) with TC set, so the client retries over TCP."""
-    data = reply.pack()
+    data = bytes(reply.pack())  # dnslib packs into a bytearray
     if limit is None or len(data) <= limit:
         return data
     header = DNSHeader(id=reply.header.id, bitmap=reply.header.bitmap, tc=1)
     opts = [rr for rr in reply.ar if rr.rtype == QTYPE.OPT]
-    return DNSRecord(header, list(reply.questions), ar=opts).pack()
+    return bytes(DNSRecord(header, list(reply.questions), ar=opts).pack())
 
 
 def _reply(query: DNSRecord, rcode: int = NOERROR, aa: int = 0) -> DNSRecord:

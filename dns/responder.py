@@ -17,9 +17,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dns.access import AccessPolicy
-from dns.answers import (BADVERS, FORMERR, REFUSED, SERVFAIL, WIRE_ERRORS, Dropped, QueryError,
-                         RedirectTarget, client_opt, client_reply, error_reply, pack_reply,
-                         parse_query, question_key, rcode_reply, redirect_reply, udp_limit)
+from dns.answers import (BADVERS, FORMERR, REFUSED, SERVFAIL, WIRE_ERRORS, Dropped, Key,
+                         QueryError, RedirectTarget, client_opt, client_reply, error_reply,
+                         pack_reply, parse_query, question_key, rcode_reply, redirect_reply,
+                         udp_limit)
 from dns.cache import AnswerCache
 from dns.forwarder import Forwarder, UpstreamError
 from dns.rules import RedirectRules
@@ -97,12 +98,21 @@ class Responder:
             return packed
         self.stats.forwarded += 1
         d = self.forwarder.query(key, client_opt(query), bool(query.header.cd))
-        d.addCallback(lambda record: pack_reply(client_reply(query, record, False), limit))
+        d.addCallback(self._forwarded, query, key, limit)
         return d.addErrback(self._servfail, query, limit)
+
+    def _forwarded(self, record: DNSRecord, query: DNSRecord, key: Key, limit: int | None
+                   ) -> bytes:
+        """A fresh upstream answer, as the cache now holds it when it could keep it: a
+        first answer then shows the same (capped, RFC 2308) TTLs as the ones after it."""
+        hit = self.cache.get(key)
+        return pack_reply(client_reply(query, hit.record if hit else record, False), limit)
 
     def _servfail(self, failure: Failure, query: DNSRecord, limit: int | None) -> bytes | None:
         self.stats.errors += 1
-        if not failure.check(UpstreamError):  # the forwarder logged each server's failure
+        if failure.check(*WIRE_ERRORS):  # a name we decoded but cannot encode again
+            self._warn_bad_query("?", str(failure.value))
+        elif not failure.check(UpstreamError):  # the forwarder logged each server's failure
             log.failure("forwarding {name}", failure, name=str(query.q.qname))
         try:
             return pack_reply(rcode_reply(query, SERVFAIL), limit)

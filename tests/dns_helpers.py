@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, RR, DNSHeader, DNSRecord
-from twisted.internet import defer, protocol
+from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.protocols.basic import Int16StringReceiver
 
@@ -49,13 +49,19 @@ class FakeUpstream:
         self._ports: list[Any] = []
 
     def start(self) -> "FakeUpstream":
-        udp = self.reactor.listenUDP(0, _UpstreamUdp(self), interface="127.0.0.1")
-        self.port = udp.getHost().port
         factory = protocol.Factory.forProtocol(_UpstreamTcp)
         factory.upstream = self  # type: ignore[attr-defined]
-        tcp = self.reactor.listenTCP(self.port, factory, interface="127.0.0.1")
-        self._ports = [udp, tcp]
-        return self
+        for _ in range(10):  # until the kernel's UDP port number is free for TCP too
+            udp = self.reactor.listenUDP(0, _UpstreamUdp(self), interface="127.0.0.1")
+            self.port = udp.getHost().port
+            try:
+                tcp = self.reactor.listenTCP(self.port, factory, interface="127.0.0.1")
+            except error.CannotListenError:
+                udp.stopListening()
+                continue
+            self._ports = [udp, tcp]
+            return self
+        raise RuntimeError("no port free for both UDP and TCP")
 
     def stop(self) -> defer.Deferred[Any]:
         return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self._ports])
@@ -144,14 +150,15 @@ class UdpClient:
 
     @defer.inlineCallbacks
     def ask(self, query: DNSRecord, timeout: float = 2.0) -> Any:
-        """Send ``query``; the parsed reply with its ID (others are skipped), or None."""
+        """Send ``query``; the parsed reply with its ID and question (others, e.g. answers
+        to earlier junk, are skipped), or None."""
         self.send(query.pack())
         while True:
             data = yield self.reply(timeout)
             if data is None:
                 return None
             reply = DNSRecord.parse(data)
-            if reply.header.id == query.header.id:
+            if reply.header.id == query.header.id and reply.questions == query.questions:
                 return reply
 
     def close(self) -> Any:
