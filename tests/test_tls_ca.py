@@ -249,7 +249,7 @@ def test_half_a_ca_is_an_error_never_a_new_ca(tmp_path: Path, victim: str) -> No
     load(tmp_path)
     path = tmp_path / "ca" / victim
     path.unlink()
-    with pytest.raises(CAError, match=rf"^{path}: cannot read: No such file"):
+    with pytest.raises(CAError, match=rf"^{path}: missing .*restore it.*`cachegate ca rotate`"):
         load(tmp_path)
     assert not path.exists()
 
@@ -317,6 +317,12 @@ def test_rotate_moves_the_old_ca_aside_and_permits_new_domains(tmp_path: Path) -
 def test_rotate_without_a_ca_creates_one(tmp_path: Path) -> None:
     new, moved = rotate_ca(tmp_path, DOMAINS, "ecdsa", True, NOW)
     assert moved is None and load(tmp_path).cert == new.cert
+
+
+def test_a_state_dir_we_cannot_write_is_an_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(CAError, match=rf"^{tmp_path / 'file'}.*: cannot create the CA: "):
+        load(tmp_path / "file" / "state")
 
 
 def test_export_without_a_ca_is_an_error(tmp_path: Path) -> None:

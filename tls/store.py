@@ -48,6 +48,10 @@ def load_or_create_ca(state_dir: Path, domains: tuple[str, ...], key_type: str,
     cert_path, key_path = ca_paths(state_dir)
     if not cert_path.exists() and not key_path.exists():
         return _create(state_dir, domains, key_type, name_constraints, now)
+    for path in (cert_path, key_path):
+        if not path.exists():
+            raise CAError(f"{path}: missing while the rest of the CA is there: restore it, "
+                          f"or {ROTATE_HINT}")
     ca = load_ca(state_dir)
     check_ca(ca, cert_path, domains, key_type, name_constraints, now)
     return ca
@@ -65,7 +69,10 @@ def rotate_ca(state_dir: Path, domains: tuple[str, ...], key_type: str,
     old = None
     if ca_dir.exists():
         old = _unused(state_dir / f"ca.old-{utc(now):%Y%m%dT%H%M%SZ}")
-        os.rename(ca_dir, old)
+        try:
+            os.rename(ca_dir, old)
+        except OSError as e:
+            raise CAError(f"{ca_dir}: cannot move it aside: {e.strerror}") from None
         log.info("moved the old CA aside to {path}", path=str(old))
     return _create(state_dir, domains, key_type, name_constraints, now), old
 
@@ -110,20 +117,24 @@ def check_ca(ca: CA, cert_path: Path, domains: tuple[str, ...], key_type: str,
 def _create(state_dir: Path, domains: tuple[str, ...], key_type: str,
             name_constraints: bool, now: float) -> CA:
     ca = create_ca(domains, key_type, name_constraints, now)
+    try:
+        _commit(ca, state_dir)
+    except OSError as e:
+        raise CAError(f"{e.filename or state_dir}: cannot create the CA: {e.strerror}") from None
+    log.info("created a new CA in {path} (name constraints: {permitted})",
+             path=str(state_dir / CA_DIR), permitted=", ".join(ca.permitted or ("none",)))
+    return ca
+
+
+def _commit(ca: CA, state_dir: Path) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     partial = state_dir / PARTIAL_DIR
     partial.mkdir(mode=0o700)
     _write_new(partial / KEY_FILE, ca.key_pem(), 0o600)
     _write_new(partial / CERT_FILE, ca.cert_pem(), 0o644)
     _fsync_dir(partial)
-    try:
-        os.replace(partial, state_dir / CA_DIR)  # replaces an empty ca/, fails on a full one
-    except OSError as e:
-        raise CAError(f"{state_dir / CA_DIR}: cannot create the CA there: {e.strerror}") from None
+    os.replace(partial, state_dir / CA_DIR)  # replaces an empty ca/, fails on a full one
     _fsync_dir(state_dir)
-    log.info("created a new CA in {path} (name constraints: {permitted})",
-             path=str(state_dir / CA_DIR), permitted=", ".join(ca.permitted or ("none",)))
-    return ca
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
