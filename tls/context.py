@@ -7,11 +7,11 @@ or no name at all, keeps the front context: with no certificate to offer, the ha
 fails.  (Twisted's hook rather than our own ``set_tlsext_servername_callback``: it already
 aborts the connection cleanly if the lookup raises.)
 
-Session resumption: OpenSSL keeps the session cache, the ticket keys and the session-id
-context on the context a connection *started* with (the front one, the same for every
-connection in the process), so resumption does not depend on which per-name context a name
-switched to, nor on that context having been rebuilt since (tests/test_tls_server.py
-checks both, TLS 1.2 and 1.3).  Every context gets the same options, so the switch never
+Session resumption: OpenSSL looks a session up (its cache, its ticket keys) on the context
+a connection *started* with: the front one, the same for every connection in the process.
+So resumption does not depend on which per-name context a name switched to, nor on that
+context having been rebuilt since (tests/test_tls_server.py checks both, TLS 1.2 and 1.3;
+it also held with a random session-id context on every per-name context, so none is set).  Every context gets the same options, so the switch never
 changes whether tickets are on (OpenSSL once mishandled that: openssl/openssl#1098).
 """
 
