@@ -50,3 +50,15 @@ def own_address_guard(addresses: list[str], ports: list[int]):  # type: ignore[n
         address = ipaddress.ip_address(ip)
         return address in explicit or (wildcard and address.is_loopback)
     return is_own
+
+
+def advertised_ipv4(setting: str, addresses: list[str]) -> str:
+    """The A answer for redirected names: the setting, or for "auto" the first non-loopback
+    IPv4 we listen on (the Docker bridge address by default), else 127.0.0.1."""
+    if setting != "auto":
+        return setting
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        if ip.version == 4 and not ip.is_loopback and not ip.is_unspecified:
+            return address
+    return interface_ipv4(DOCKER_BRIDGE) or LOOPBACK

@@ -119,7 +119,10 @@ BUILTIN: tuple[Upstream, ...] = (
         Rule(r"\.apk$", I),
     )),
     Upstream("pypi", ("pypi.org", "files.pythonhosted.org"), (
-        Rule(r"^/packages/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{60}/[^/]+$", I, digest="pypi-blake2b"),
+        # The path names the file's blake2b-256; a PEP 658 ``.metadata`` (or ``.asc``)
+        # beside it shares the wheel's path, so its digest is not in its URL.
+        Rule(r"^/packages/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{60}/[^/]+(?<!\.metadata)(?<!\.asc)$", I,
+             digest="pypi-blake2b"),
         Rule(r"^/packages/", I),
         Rule(r"^/simple/", R, INDEX_TTL),
         Rule(r"^/pypi/[^/]+/([^/]+/)?json$", R, INDEX_TTL),

@@ -17,6 +17,7 @@ from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredic
                             globalLogBeginner, textFileLogObserver)
 
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from tls.ca import CAError
 
 log = Logger()
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return serve(config, args.debug)
         raise AssertionError(args.command)
-    except (ConfigError, CliError) as e:
+    except (ConfigError, CAError, CliError) as e:
         if args.debug:
             raise
         print(f"cachegate: error: {e}", file=sys.stderr)

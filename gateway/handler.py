@@ -29,6 +29,7 @@ from gateway.ranges import UNSATISFIABLE, if_range_allows, parse_range
 from gateway.stats import Stats
 from gateway.store import Entry, Store
 from gateway.streaming import FileStreamer
+from tls.context import sni_name
 
 log = Logger()
 
@@ -56,12 +57,13 @@ class Gateway:
     """Serves requests for catalogue hosts from the store, fetching misses once."""
 
     def __init__(self, reactor, config: Config, store: Store, flights: Flights,  # type: ignore[no-untyped-def]
-                 stats: Stats) -> None:
+                 stats: Stats, ca_pem: bytes) -> None:
         self.reactor = reactor
         self.config = config
         self.store = store
         self.flights = flights
         self.stats = stats
+        self.ca_pem = ca_pem
 
     # -- routing ---------------------------------------------------------------------
 
@@ -71,6 +73,10 @@ class Gateway:
         if target is None:
             return self._error(request, 400, "bad request target")
         host, path = target
+        if request.isSecure() and sni_name(request.channel.transport) != host:
+            return self._error(request, 421, f"{host} does not match the TLS server name")
+        if host in self.config.dns.local_names:
+            return self._local(request, path)
         upstream = find_upstream(self.config.upstreams, host)
         if upstream is None:
             return self._error(request, 403, f"{host} is not a repository cachegate serves")
@@ -80,6 +86,18 @@ class Gateway:
         if bypass_reason(method, exchange.headers, exchange.rule):
             return self._relay(exchange)
         self._lookup(exchange)
+
+    def _local(self, request: server.Request, path: str) -> None:
+        """The gateway's own name: the CA certificate for containers to trust."""
+        if path.partition("?")[0] != "/ca.crt":
+            return self._error(request, 404, "only /ca.crt is served here")
+        request.setHeader("Content-Type", "application/x-pem-file")
+        request.setHeader("Content-Disposition", 'attachment; filename="cachegate-ca.crt"')
+        request.setHeader("Content-Length", str(len(self.ca_pem)))
+        request.setHeader("Cache-Control", "no-cache")
+        if request.method != b"HEAD":
+            request.write(self.ca_pem)
+        request.finish()
 
     def _lookup(self, ex: Exchange) -> None:
         base = base_key(ex.host, ex.path)

@@ -5,13 +5,19 @@ from __future__ import annotations
 from twisted.application import internet, service
 from twisted.logger import Logger
 
-from gateway.addresses import listen_addresses, own_address_guard
+from dns.service import dns_services
+from gateway.addresses import advertised_ipv4, listen_addresses, own_address_guard
+from gateway.catalogue import find_upstream
 from gateway.config import Config
 from gateway.fetcher import Fetcher
 from gateway.flight import Flights
 from gateway.handler import Gateway, GatewayResource, GatewaySite
 from gateway.stats import Stats
 from gateway.store import Store
+from tls.ca import permitted_domains
+from tls.context import SNIContexts
+from tls.leaf import LeafCache
+from tls.store import load_or_create_ca
 
 log = Logger()
 
@@ -27,21 +33,41 @@ class GatewayService(service.MultiService):
         super().__init__()
         self.config = config
         self.addresses = listen_addresses(config.server.listen)
+        self.advertise_ipv4 = advertised_ipv4(config.dns.advertise_ipv4, self.addresses)
+        self.ca = load_or_create_ca(
+            config.server.state_dir, permitted_domains(config.upstreams, config.dns.local_names),
+            config.tls.key_type, config.tls.name_constraints, reactor.seconds())
+        self.tls = SNIContexts(LeafCache(self.ca, reactor, config.tls.key_type), self.has_name)
+        self.dns_listeners, self.forwarder, self.dns_stats = dns_services(
+            config, reactor, self.addresses, self.advertise_ipv4)
         ports = [p for p in (config.server.http_port, config.server.https_port,
                              config.server.proxy_port) if p]
         self.store = Store(config.server.state_dir / "cache", config.cache.size_limit)
-        self.fetcher = Fetcher(reactor, is_own=own_address_guard(self.addresses, ports),
+        self.fetcher = Fetcher(reactor, resolve=self.forwarder.resolve_addresses,
+                               is_own=own_address_guard(self.addresses, ports),
                                connect_timeout=config.cache.connect_timeout,
                                idle_timeout=config.cache.idle_timeout)
         self.stats = Stats()
         flights = Flights(reactor, self.store, self.fetcher, config.cache.negative_ttl)
-        self.gateway = Gateway(reactor, config, self.store, flights, self.stats)
+        self.gateway = Gateway(reactor, config, self.store, flights, self.stats,
+                               self.ca.cert_pem)
         self.site = GatewaySite(GatewayResource(self.gateway), timeout=CLIENT_IDLE_TIMEOUT)
 
+    def has_name(self, name: str) -> bool:
+        """Whether we serve ``name`` (a certificate is minted for it, DNS redirects it)."""
+        return name in self.config.dns.local_names or \
+            find_upstream(self.config.upstreams, name) is not None
+
+    def ports(self, kind: str) -> list[int]:
+        """The bound ports of one kind of listener ("http", "https", "dns"): useful when
+        configured as 0 in tests."""
+        if kind == "dns":
+            return [listener.port for listener in self.dns_listeners]
+        cls = internet.SSLServer if kind == "https" else internet.TCPServer
+        return [child._port.getHost().port for child in self if type(child) is cls]
+
     def http_ports(self) -> list[int]:
-        """The bound HTTP ports (useful when configured as 0)."""
-        return [child._port.getHost().port for child in self
-                if isinstance(child, internet.TCPServer) and child.args[1] is self.site]
+        return self.ports("http")
 
     def stopService(self):  # type: ignore[no-untyped-def]  # noqa: N802
         d = super().stopService()
@@ -51,10 +77,17 @@ class GatewayService(service.MultiService):
 
 
 def make_service(config: Config, reactor) -> GatewayService:  # type: ignore[no-untyped-def]
-    """Every listener of the gateway, ready for ``startService``."""
+    """Every listener of the gateway, ready for ``startService``: DNS (UDP+TCP), HTTP and
+    HTTPS on each listen address.  A port configured as 0 is off (HTTP and DNS: tests
+    may pass 0 to mean "any free port")."""
     top = GatewayService(config, reactor)
+    server = config.server
     for address in top.addresses:
-        http_server = internet.TCPServer(config.server.http_port, top.site, interface=address,
-                                         reactor=reactor)
-        http_server.setServiceParent(top)
+        internet.TCPServer(server.http_port, top.site, interface=address,
+                           reactor=reactor).setServiceParent(top)
+        if server.https_port:
+            internet.SSLServer(server.https_port, top.site, top.tls.options, interface=address,
+                               reactor=reactor).setServiceParent(top)
+    for listener in top.dns_listeners:
+        listener.setServiceParent(top)
     return top

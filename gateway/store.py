@@ -106,8 +106,11 @@ class Store:
         if removed:
             log.info("removed {count} unfinished downloads left by a previous run",
                      count=removed)
+        self.size_limit = size_limit
+        # cull_limit=0: diskcache would drop ten entries per insert; ``_evict`` drops
+        # only as many least-recently-used ones as the limit needs.
         self.cache = diskcache.Cache(str(directory / "objects"), disk=BodyDisk,
-                                     size_limit=size_limit,
+                                     size_limit=size_limit, cull_limit=0,
                                      eviction_policy="least-recently-used")
 
     def _clean_partials(self) -> int:
@@ -134,6 +137,14 @@ class Store:
     def commit(self, key: str, meta: Meta, partial: str) -> None:
         """Make ``partial`` (a verified, complete body) the stored object of ``key``."""
         self.cache.set(key, _Commit(meta, partial))
+        self._evict()
+
+    def _evict(self) -> None:
+        while self.cache.volume() > self.size_limit:
+            row = self.cache._sql("SELECT key FROM Cache ORDER BY access_time LIMIT 1").fetchone()
+            if row is None:
+                return
+            self.cache.delete(row[0])
 
     def refresh(self, entry: Entry, meta: Meta) -> Entry | None:
         """Store new metadata for an unchanged body (after a 304), without copying it.

@@ -4,18 +4,32 @@ origin (``tests/origin.py``), the only fake in the suite."""
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.logger import LogLevel, formatEventAsClassicLogText, globalLogPublisher
 
 from gateway.catalogue import BUILTIN
-from gateway.config import CacheConfig, Config, ServerConfig
+from gateway.config import CacheConfig, Config, DnsConfig, ServerConfig
 from gateway.service import make_service
 
 IN_CI = os.environ.get("CI") == "true"
+
+
+def _log_to_current_stderr(event: dict) -> None:
+    """Twisted log lines go to whatever sys.stderr is now, so pytest shows them with the
+    failing test they belong to."""
+    if event.get("log_level", LogLevel.info) >= LogLevel.info:
+        sys.stderr.write(formatEventAsClassicLogText(event) or "")
+        if event.get("log_failure"):
+            sys.stderr.write(event["log_failure"].getTraceback())
+
+
+globalLogPublisher.addObserver(_log_to_current_stderr)
 
 
 def need(condition: bool, reason: str) -> None:
@@ -27,7 +41,7 @@ def need(condition: bool, reason: str) -> None:
 
 
 def gateway_config(state_dir: Path, origin_url: str, rules: dict | None = None,
-                   **cache: object) -> Config:
+                   https_port: int = 0, **cache: object) -> Config:
     """Every catalogue entry pointed at ``origin_url/<entry name>``; HTTP on a free port;
     ``rules`` ({entry name: (Rule, ...)}) tried before an entry's own."""
     rules = rules or {}
@@ -36,7 +50,8 @@ def gateway_config(state_dir: Path, origin_url: str, rules: dict | None = None,
     return Config(
         source="<test>",
         server=ServerConfig(state_dir=state_dir, listen=("127.0.0.1",), http_port=0,
-                            https_port=0, proxy_port=0),
+                            https_port=https_port, proxy_port=0),
+        dns=DnsConfig(port=0, forwarders=("127.0.0.1:9",)),
         cache=replace(CacheConfig(), **cache),
         upstreams=upstreams)
 
@@ -62,9 +77,9 @@ def start_gateway(tmp_path):  # type: ignore[no-untyped-def]
     running: list[RunningGateway] = []
 
     def start(origin_url: str, state_dir: Path | None = None, rules: dict | None = None,
-              **cache: object) -> RunningGateway:
+              https_port: int = 0, **cache: object) -> RunningGateway:
         gw = RunningGateway(gateway_config(state_dir or tmp_path / "state", origin_url, rules,
-                                           **cache))
+                                           https_port, **cache))
         running.append(gw)
         return gw
 
@@ -72,3 +87,30 @@ def start_gateway(tmp_path):  # type: ignore[no-untyped-def]
     for gw in running:
         if gw.service.running:
             gw.stop()
+
+
+@pytest.fixture(scope="session")
+def fixture_tree(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The fixture tree, built once per session (it signs an apt repo, builds wheels…)."""
+    from tests.fixtures import build_fixtures
+    return build_fixtures(tmp_path_factory.mktemp("fixtures"))
+
+
+@pytest.fixture
+def fixtures(fixture_tree):  # type: ignore[no-untyped-def]
+    return fixture_tree
+
+
+@pytest.fixture
+def origin(fixture_tree, tmp_path):  # type: ignore[no-untyped-def]
+    """The recording fixture origin on a loopback port, serving a private copy of the tree
+    (tests add and change objects in it)."""
+    import shutil
+
+    from tests.origin import Origin
+    root = tmp_path / "origin"
+    shutil.copytree(fixture_tree.root, root, symlinks=True)
+    server = Origin(root, reactor)
+    server.listen()
+    yield server
+    pytest_twisted.blockon(server.stop_serving())

@@ -73,6 +73,8 @@ def test_pypi_digest_rule_only_for_content_addressed_paths():
     path = "/packages/70/8e/0e2d847013cb52cd35b38c009bb167a1a26b2ce6cd6965bf26b47bc0bf44/x.whl"
     assert pypi.rule_for(path).digest == "pypi-blake2b"
     assert pypi.rule_for("/packages/source/r/requests/requests-2.31.0.tar.gz").digest == ""
+    assert pypi.rule_for(path + ".metadata").digest == ""
+    assert pypi.rule_for(path + ".metadata").policy is Policy.IMMUTABLE
 
 
 def test_apt_indexes_are_marked_for_suite_consistency():
