@@ -169,7 +169,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
         return max(0, size - int(last)), size - 1
     start = int(first)
     end = int(last) if last.isdigit() else size - 1
-    if end < start:
+    if last.isdigit() and end < start:
         return None
     if start >= size:
         return "unsatisfiable"
@@ -241,8 +241,9 @@ class Origin:
     def stop_serving(self) -> defer.Deferred:
         """Stop listening (new connections are refused) and drop open connections."""
         listening, self._listening = self._listening, None
+        stopped = defer.maybeDeferred(listening.stopListening) if listening else defer.succeed(None)
         self.site.abort_all()
-        return defer.maybeDeferred(listening.stopListening) if listening else defer.succeed(None)
+        return stopped
 
     def resume(self) -> int:
         """Listen again on the same port."""
@@ -565,8 +566,16 @@ class OriginSite(server.Site):
 
     def abort_all(self) -> None:
         for protocol in list(self._connections):
-            if protocol.transport is not None:
-                protocol.transport.abortConnection()
+            channel = getattr(protocol, "_channel", protocol)  # the HTTP/1.1-or-2 wrapper's
+            transport = getattr(channel, "transport", None)
+            if transport is not None and transport.connected:
+                transport.abortConnection()
+
+    def open_connections(self) -> int:
+        """Connections currently open to the origin (keep-alive included)."""
+        return sum(1 for p in list(self._connections)
+                   if getattr(getattr(p, "_channel", p), "transport", None) is not None
+                   and getattr(p, "_channel", p).transport.connected)
 
     def log(self, request: server.Request) -> None:
         """No access log: tests read ``Origin.requests``."""
