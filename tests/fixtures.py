@@ -833,22 +833,29 @@ def mvn_get_args(tmpdir: Path, repo_url: str, artifact: str = MAVEN_ARTIFACT,
             f"{MAVEN_PLUGIN}:{version}:get", f"-Dartifact={artifact}"]
 
 
+def mvn_env() -> dict[str, str]:
+    """The environment for ``mvn_get_args``: a JVM tuned for a short run (C1 only and
+    class-data sharing start it in about two thirds of the time)."""
+    opts = "-XX:+TieredCompilation -XX:TieredStopAtLevel=1 -Xshare:auto"
+    return {**os.environ, "MAVEN_OPTS": f"{os.environ.get('MAVEN_OPTS', '')} {opts}".strip()}
+
+
 def _maven_settings(repo_url: str, plugin_url: str, proxy: tuple[str, int] | None) -> str:
     proxies = ""
     if proxy:
         proxies = (f"  <proxies><proxy><id>gateway</id><active>true</active>"
                    f"<protocol>http</protocol><host>{proxy[0]}</host><port>{proxy[1]}</port>"
                    f"</proxy></proxies>\n")
-    def policies(checksums: str) -> str:
-        return "".join(f"<{kind}><enabled>true</enabled><updatePolicy>always</updatePolicy>"
+    def policies(checksums: str, update: str) -> str:
+        return "".join(f"<{kind}><enabled>true</enabled><updatePolicy>{update}</updatePolicy>"
                        f"<checksumPolicy>{checksums}</checksumPolicy></{kind}>"
                        for kind in ("releases", "snapshots"))
     return (f"<settings>\n  <offline>false</offline>\n{proxies}"
             f"  <profiles><profile><id>fixture</id>\n"
             f"    <repositories><repository><id>central</id><url>{repo_url}</url>"
-            f"{policies('fail')}</repository></repositories>\n"
+            f"{policies('fail', 'always')}</repository></repositories>\n"
             f"    <pluginRepositories><pluginRepository><id>central</id>"
-            f"<url>{plugin_url}</url>{policies('ignore')}</pluginRepository></pluginRepositories>\n"
+            f"<url>{plugin_url}</url>{policies('ignore', 'never')}</pluginRepository></pluginRepositories>\n"
             f"  </profile></profiles>\n"
             f"  <activeProfiles><activeProfile>fixture</activeProfile></activeProfiles>\n"
             f"</settings>\n")

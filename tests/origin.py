@@ -12,6 +12,11 @@ simple pages, npm's full/abbreviated packuments.  Those text documents are sent 
 (``Vary: Accept, Accept-Encoding``) to clients that accept it, as pypi.org and the npm
 registry do.
 
+Absolute-form requests for the real hosts (``GET http://deb.debian.org/debian/...``) are
+answered from the matching ecosystem's tree (``PROXY_HOSTS``) and recorded under that
+path, so a client configured with the origin as its HTTP proxy works as it would behind
+cachegate; the recipes in fixtures.py are checked that way.
+
 Standalone, for benchmarks and tests of a cachegate in another process::
 
     python -m tests.origin --root DIR [--port N] [--build-fixtures]
@@ -71,6 +76,15 @@ CONTENT_TYPES: tuple[tuple[str, str], ...] = (  # by name suffix, first match wi
     ("/Packages", "text/plain"),
 )
 CONTROL = "/__origin__/"
+# Absolute-form requests (``GET http://host/path``, as sent to an HTTP proxy) for these
+# real hosts are answered from ``/<ecosystem>/path``: the origin then stands in for the
+# internet behind a proxy, which is how the client recipes' ``proxy=`` variants are
+# checked without a gateway.
+PROXY_HOSTS = {
+    "deb.debian.org": "debian", "dl-cdn.alpinelinux.org": "alpine", "pypi.org": "pypi",
+    "files.pythonhosted.org": "pypi", "registry.npmjs.org": "npm", "repo1.maven.org": "maven",
+    "repo.maven.apache.org": "maven",
+}
 _CHUNK = 256 * 1024  # per write when unthrottled
 _TICK = 0.05  # seconds between writes when throttled
 
@@ -91,7 +105,7 @@ class Behaviour:
 
 class Recorded(NamedTuple):
     method: str
-    path: str  # as sent: percent-encoding and query kept
+    path: str  # as sent (percent-encoding, query kept); absolute-form as /<ecosystem>/path
     headers: dict[str, str]  # lower-case names
 
 
@@ -384,7 +398,7 @@ class OriginResource(Resource):
         self.origin = origin
 
     def render(self, request: server.Request) -> int | bytes:
-        target = request.uri.decode("latin-1")
+        target = _origin_form(request.uri.decode("latin-1"))
         path = unquote(target.partition("?")[0])
         if path.startswith(CONTROL):
             return _control(self.origin, request, path[len(CONTROL):])
@@ -399,6 +413,15 @@ class OriginResource(Resource):
         else:
             _answer(self.origin, request, path, headers, behaviour)
         return server.NOT_DONE_YET
+
+
+def _origin_form(target: str) -> str:
+    """``/<ecosystem>/path`` for an absolute-form target naming a PROXY_HOSTS host."""
+    if not target.startswith("http://"):
+        return target
+    host, _, rest = target[len("http://"):].partition("/")
+    ecosystem = PROXY_HOSTS.get(host.split(":")[0].lower())
+    return f"/{ecosystem}/{rest}" if ecosystem else "/__unknown_host__/" + rest
 
 
 def _answer(origin: Origin, request: server.Request, path: str, headers: dict[str, str],

@@ -27,7 +27,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
 import fixtures as fx
-from origin import Origin, choose_variant, not_modified, parse_range
+from origin import PROXY_HOSTS, Origin, choose_variant, not_modified, parse_range
 
 IN_CI = os.environ.get("CI") == "true"
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +49,16 @@ def served(tmp_path_factory):  # type: ignore[no-untyped-def]
     origin.listen()
     tree = fx.build_fixtures(origin.root, f"{origin.url}/pypi", f"{origin.url}/npm")
     yield origin, tree
+    pytest_twisted.blockon(origin.stop_serving())
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """(origin, fixtures) with the tree's links naming the real hosts, as behind cachegate;
+    clients reach it with the origin as their HTTP proxy."""
+    origin = Origin(tmp_path_factory.mktemp("proxied"), reactor)
+    origin.listen()
+    yield origin, fx.build_fixtures(origin.root)
     pytest_twisted.blockon(origin.stop_serving())
 
 
@@ -569,11 +579,60 @@ def test_mvn_dependency_get(origin, tree, tmp_path):
     need(fx.maven_plugin_repo(), "no maven-dependency-plugin in /usr/share/maven-repo "
                                  "(packages libmaven-dependency-plugin-java junit4)")
     repo = f"{origin.url}/maven/maven2"
-    ok((yield run(fx.mvn_get_args(tmp_path / "m2", repo, fx.MAVEN_ARTIFACT))))
-    ok((yield run(fx.mvn_get_args(tmp_path / "m2", repo, fx.MAVEN_SNAPSHOT))))
+    ok((yield run(fx.mvn_get_args(tmp_path / "m2", repo, fx.MAVEN_ARTIFACT), env=fx.mvn_env())))
     local = tmp_path / "m2/repository/org/cachegate"
-    for path in ("fixture/1.0/fixture-1.0.jar", "fixture-dep/1.0/fixture-dep-1.0.jar",
-                 "fixture/1.1-SNAPSHOT/fixture-1.1-20240210.100000-2.jar"):
+    for path in ("fixture/1.0/fixture-1.0.jar", "fixture-dep/1.0/fixture-dep-1.0.jar"):
         obj = tree.find("/" + path.rsplit("/", 1)[1])
         assert hashlib.sha256((local / path).read_bytes()).hexdigest() == obj.sha256
-    assert origin.count("/maven/maven2/org/cachegate/fixture/1.1-SNAPSHOT/maven-metadata.xml") >= 1
+    assert origin.count("/maven/maven2/org/cachegate/fixture/1.0/fixture-1.0.jar.sha1") == 1
+
+
+# --- the same recipes through an HTTP proxy, with the real hosts' URLs ------------------
+
+def _through_proxy(client: str, tree: fx.Fixtures, proxy: str, port: int, tmp: Path):  # type: ignore[no-untyped-def]
+    """The argv/kwargs of each client's recipe aimed at the real hosts via ``proxy``."""
+    if client == "apt":
+        need(shutil.which("apt-get"), "apt-get not installed")
+        options = fx.apt_options(tmp / "apt", "http://deb.debian.org/debian", tree.apt_keyring,
+                                 proxy=proxy)
+        (tmp / "debs").mkdir()
+        env = fx.apt_env(tmp / "apt")
+        return [(["apt-get", *options, "update"], {"env": env}),
+                (["apt-get", *options, "download", *fx.DEBIAN_PACKAGES],
+                 {"env": env, "cwd": tmp / "debs"})]
+    if client == "pip":
+        return [(fx.pip_download_args("http://pypi.org/simple", tmp / "pip",
+                                      ["cachegate-fixture-a"], proxy=proxy,
+                                      trusted_hosts=("pypi.org", "files.pythonhosted.org")), {})]
+    if client == "npm":
+        need(shutil.which("npm"), "npm not installed")
+        return [(fx.npm_install_args(tmp / "npm", "http://registry.npmjs.org/",
+                                     ["@cachegate/fixture"], proxy=proxy), {})]
+    need(shutil.which("mvn"), "mvn not installed (package maven)")
+    need(fx.maven_plugin_repo(), "no maven-dependency-plugin in /usr/share/maven-repo "
+                                 "(packages libmaven-dependency-plugin-java junit4)")
+    return [(fx.mvn_get_args(tmp / "m2", "http://repo1.maven.org/maven2", fx.MAVEN_SNAPSHOT,
+                             proxy=("127.0.0.1", port)), {"env": fx.mvn_env()})]
+
+
+PROXIED_FETCHES = {  # a file each client must have asked the real host for
+    "apt": ("deb.debian.org", "/debian/debian/pool/main/h/hello-cachegate/hello-cachegate_1.0_all.deb"),
+    "pip": ("files.pythonhosted.org", "/pypi/packages/"),
+    "npm": ("registry.npmjs.org", "/npm/@cachegate/fixture/-/fixture-1.0.0.tgz"),
+    "mvn": ("repo1.maven.org",  # the SNAPSHOT, resolved through its metadata
+            "/maven/maven2/org/cachegate/fixture/1.1-SNAPSHOT/fixture-1.1-20240210.100000-2.jar"),
+}
+
+
+@pytest.mark.parametrize("client", sorted(PROXIED_FETCHES))
+@pytest_twisted.inlineCallbacks
+def test_recipe_through_a_proxy(proxied, tmp_path, client):
+    """What the gateway tests do, with the origin standing in for the proxy: the client
+    asks for the real hosts' URLs in absolute form and gets the fixtures."""
+    origin, tree = proxied
+    origin.reset()
+    for argv, kwargs in _through_proxy(client, tree, origin.url, origin.port, tmp_path):
+        ok((yield run(argv, **kwargs)))
+    host, prefix = PROXIED_FETCHES[client]
+    assert any(r.path.startswith(prefix) and r.headers["host"] == host for r in origin.requests)
+    assert all(r.headers["host"] in PROXY_HOSTS for r in origin.requests)
