@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 from twisted.internet.error import CannotListenError
-from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate, Logger,
-                            globalLogBeginner, textFileLogObserver)
+from twisted.logger import LogLevel, Logger, globalLogBeginner
 
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from gateway.logging import LineObserver
 from tls.ca import CAError
 
 log = Logger()
@@ -64,9 +64,8 @@ def serve(config, debug: bool) -> int:  # type: ignore[no-untyped-def]
 
     from gateway.service import make_service
 
-    level = LogLevel.debug if debug else LogLevel.info
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(
-        textFileLogObserver(sys.stdout), [LogLevelFilterPredicate(level)])],
+    globalLogBeginner.beginLoggingTo(
+        [LineObserver(sys.stdout, LogLevel.debug if debug else LogLevel.info)],
         redirectStandardIO=False)
     top = make_service(config, reactor)
     try:

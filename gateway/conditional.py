@@ -26,6 +26,8 @@ def not_modified(request: Headers, response: Headers) -> bool:
     """
     if "if-none-match" in request:
         return etag_matches(request["if-none-match"], response.get("etag"))
-    since = http_date(request.get("if-modified-since"))
+    if "if-modified-since" not in request:
+        return False
+    since = http_date(request["if-modified-since"])
     modified = http_date(response.get("last-modified"))
     return since is not None and modified is not None and modified <= since

@@ -113,5 +113,7 @@ def raw_get(port: int, host: str, path: str, rate: int | None = None, extra: str
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     yield endpoint.connect(protocol.Factory.forProtocol(lambda: proto))
     data = yield proto.done
+    if not proto.keep:
+        return proto.head.decode("latin-1"), b"", proto
     head, _, body = data.partition(b"\r\n\r\n")
     return head.decode("latin-1"), body, proto
