@@ -85,9 +85,13 @@ class Forwarder:
         return defer.succeed(hit.record) if hit else self.query(key)
 
     def _landed(self, result: DNSRecord | Any, flight: tuple[Key, int, int]) -> None:
+        waiting = self._flights.pop(flight)
         if isinstance(result, DNSRecord) and self.cache is not None:
-            self.cache.put(flight[0], result)
-        for d in self._flights.pop(flight):
+            try:
+                self.cache.put(flight[0], result)
+            except Exception:  # a bug must not leave the waiting clients hanging
+                log.failure("caching the answer to {key}", key=flight[0])
+        for d in waiting:
             if isinstance(result, Failure):
                 d.errback(result)
             else:

@@ -166,20 +166,26 @@ class UdpClient:
 
 
 class _TcpClient(Int16StringReceiver):
-    def __init__(self) -> None:
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
         self.replies: defer.DeferredQueue[bytes] = defer.DeferredQueue()
-        self.closed = defer.Deferred()
+        self.closed: defer.Deferred[None] = defer.Deferred()
 
     def stringReceived(self, data: bytes) -> None:  # noqa: N802
         self.replies.put(data)
+
+    def reply(self, timeout: float = 2.0) -> defer.Deferred[DNSRecord]:
+        """The next reply, parsed; fails with TimeoutError after ``timeout`` seconds."""
+        d = self.replies.get().addTimeout(timeout, self.reactor)
+        return d.addCallback(DNSRecord.parse)
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         self.closed.callback(None)
 
 
 def tcp_connect(reactor: Any, port: int) -> defer.Deferred[_TcpClient]:
-    """A TCP connection to the resolver: ``sendString`` queries, ``replies.get()``."""
-    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), _TcpClient())
+    """A TCP connection to the resolver: ``sendString`` queries, ``reply()`` answers."""
+    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), _TcpClient(reactor))
 
 
 # -- cachegate's resolver ------------------------------------------------------------------

@@ -190,7 +190,7 @@ def test_an_answer_too_big_for_the_client_is_truncated_then_served_over_tcp(
     connection = yield tcp_connect(reactor, resolver.port)
     query = q("big.example", "TXT")
     connection.sendString(query.pack())
-    full = DNSRecord.parse((yield connection.replies.get()))
+    full = (yield connection.reply())
     connection.transport.loseConnection()
     assert full.header.id == query.header.id and not full.header.tc and len(full.rr) == 14
     assert upstream.names() == ["big.example"]  # the TCP answer came from the cache
@@ -269,7 +269,7 @@ def test_queries_from_outside_the_allowed_networks_are_refused(
         assert reply.header.rcode == RCODE.REFUSED and reply.rr == []
     connection = yield tcp_connect(reactor, resolver.port)
     connection.sendString(q("example.com").pack())
-    reply = DNSRecord.parse((yield connection.replies.get()))
+    reply = (yield connection.reply())
     connection.transport.loseConnection()
     assert reply.header.rcode == RCODE.REFUSED
     assert upstream.queries == [] and resolver.stats.refused == 3
@@ -368,7 +368,7 @@ def test_several_queries_on_one_tcp_connection(upstream, start_resolver):
         connection.sendString(query.pack())
     replies = {}
     for _ in queries:
-        reply = DNSRecord.parse((yield connection.replies.get()))
+        reply = (yield connection.reply())
         replies[reply.header.id] = reply
     connection.transport.loseConnection()
     assert addresses(replies[queries[0].header.id]) == ["93.184.216.34"]
@@ -384,8 +384,8 @@ def test_an_idle_tcp_connection_is_closed(upstream):
     try:
         connection = yield tcp_connect(reactor, listener.port)
         connection.sendString(q("pypi.org").pack())
-        assert addresses(DNSRecord.parse((yield connection.replies.get()))) == [ADVERTISED]
-        yield connection.closed  # by the server, or this test times out
+        assert addresses((yield connection.reply())) == [ADVERTISED]
+        yield connection.closed.addTimeout(2, reactor)  # closed by the server
     finally:
         yield listener.stopService()
         yield resolver.stop()
