@@ -110,6 +110,10 @@ class Fixtures:
                 return o
         raise KeyError((ecosystem, path, accept))
 
+    def file_in(self, obj: FixtureObject, root: Path) -> Path:
+        """Where ``obj`` lies in a copy of the tree at ``root`` (an origin's private copy)."""
+        return Path(root) / obj.file.relative_to(self.root)
+
     def find(self, suffix: str) -> FixtureObject:
         """The first object whose path ends with ``suffix``."""
         return next(o for o in self.objects if o.path.endswith(suffix))

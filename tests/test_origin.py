@@ -26,8 +26,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-import fixtures as fx
-from origin import PROXY_HOSTS, Origin, choose_variant, not_modified, parse_range
+from tests import fixtures as fx
+from tests.origin import PROXY_HOSTS, Origin, choose_variant, not_modified, parse_range
 
 IN_CI = os.environ.get("CI") == "true"
 REPO = Path(__file__).resolve().parent.parent
