@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import socket
 from typing import Any
 
 from dnslib import CLASS, QTYPE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
-from twisted.internet import defer, error
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet import defer, error, protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.protocols.basic import Int16StringReceiver
+from zope.interface import implementer
 
 from dns.answers import NOERROR, NXDOMAIN, WIRE_ERRORS, Key, question_key
 from dns.cache import AnswerCache
@@ -32,7 +34,7 @@ log = Logger()
 # default is 5 s per server, but we sit in front of it and must answer before it gives up).
 DEFAULT_TIMEOUT = 2.0
 MIN_ATTEMPTS = 2  # with a single upstream server, ask it twice
-MAX_DATAGRAM = 65535  # a client may advertise up to this and we pass its OPT through
+MAX_DATAGRAM = 65535  # a client may advertise up to this, and we pass its OPT through
 
 
 class UpstreamError(Exception):
@@ -106,8 +108,10 @@ class Forwarder:
                 record = await self._ask(server, key, opt, cd)
             except (defer.TimeoutError, error.ConnectError, error.CannotListenError,
                     UpstreamError, OSError) as e:
+                why = f"no answer in {self.timeout:g} s" if isinstance(
+                    e, defer.TimeoutError) else str(e) or type(e).__name__
                 log.error("upstream DNS {ip} port {port}: {why}", ip=server[0],
-                          port=server[1], why=str(e) or type(e).__name__)
+                          port=server[1], why=why)
                 continue
             self._first = index
             return record
@@ -125,17 +129,14 @@ class Forwarder:
     def _udp(self, server: Server, key: Key, opt: RR | None, cd: bool
              ) -> defer.Deferred[DNSRecord]:
         qid, packet = _query_packet(key, opt, cd)
-        exchange = _UdpExchange(server, qid, key)
-        interface = "::" if ":" in server[0] else ""
-        port = self.reactor.listenUDP(0, exchange, interface=interface,
-                                      maxPacketSize=MAX_DATAGRAM)
+        exchange = _UdpExchange(self.reactor, server, qid, key)
         try:
-            port.write(packet, server)
-        except (OSError, ValueError, error.MessageLengthError) as e:
-            port.stopListening()
+            exchange.send(packet)
+        except OSError as e:
+            exchange.close()
             return defer.fail(UpstreamError(f"cannot send: {e}"))
         d = exchange.answer.addTimeout(self.timeout, self.reactor)
-        return d.addBoth(_passing(port.stopListening))
+        return d.addBoth(_passing(exchange.close))
 
     def _tcp(self, server: Server, key: Key, opt: RR | None, cd: bool
              ) -> defer.Deferred[DNSRecord]:
@@ -143,7 +144,7 @@ class Forwarder:
         exchange = _TcpExchange(packet, qid, key)
         kind = TCP6ClientEndpoint if ":" in server[0] else TCP4ClientEndpoint
         endpoint = kind(self.reactor, server[0], server[1], timeout=self.timeout)
-        connecting = connectProtocol(endpoint, exchange)
+        connecting = endpoint.connect(_OneShot(exchange))
         connecting.addErrback(exchange.fail)
         d = exchange.answer.addTimeout(self.timeout, self.reactor)
         return d.addBoth(_passing(lambda: (connecting.cancel(), exchange.close())))
@@ -190,21 +191,58 @@ def _passing(action):  # type: ignore[no-untyped-def]
     return run
 
 
-class _UdpExchange(DatagramProtocol):
-    """Waits on its own socket for the answer to one query from one server."""
+@implementer(IReadDescriptor)
+class _UdpExchange:
+    """One query on a socket of its own, until the answer from that server comes.
 
-    noisy = False
+    A bare socket under ``reactor.addReader`` rather than ``listenUDP``: a Twisted UDP port
+    logs two lines as it opens and closes, which would be two per forwarded query."""
 
-    def __init__(self, server: Server, qid: int, key: Key) -> None:
-        self.server, self.qid, self.key = server, qid, key
+    MAX_READS = 64  # datagrams read per wake-up, so junk cannot hold the reactor
+
+    def __init__(self, reactor: Any, server: Server, qid: int, key: Key) -> None:
+        self.reactor, self.server, self.qid, self.key = reactor, server, qid, key
+        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_DGRAM)
+        self.socket.setblocking(False)
         self.answer: defer.Deferred[DNSRecord] = defer.Deferred()
+        self.reading = False
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
-        if (addr[0], addr[1]) != self.server or self.answer.called:
-            return
-        record = _matching(data, self.qid, self.key)
-        if record is not None:
-            self.answer.callback(record)
+    def send(self, packet: bytes) -> None:
+        """Send from a fresh ephemeral port (the kernel picks it at random)."""
+        self.socket.sendto(packet, self.server)
+        self.reactor.addReader(self)
+        self.reading = True
+
+    def close(self) -> None:
+        if self.reading:
+            self.reactor.removeReader(self)
+            self.reading = False
+        self.socket.close()
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def logPrefix(self) -> str:  # noqa: N802
+        return "DNS upstream query"
+
+    def doRead(self) -> None:  # noqa: N802
+        for _ in range(self.MAX_READS):
+            try:
+                data, addr = self.socket.recvfrom(MAX_DATAGRAM)
+            except OSError:  # EAGAIN: all read; anything else: the timeout will tell
+                return
+            if (addr[0], addr[1]) != self.server or self.answer.called:
+                continue
+            record = _matching(data, self.qid, self.key)
+            if record is not None:
+                self.answer.callback(record)
+                return
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        self.reading = False
+        if not self.answer.called:
+            self.answer.errback(UpstreamError("socket lost"))
 
 
 class _TcpExchange(Int16StringReceiver):
@@ -233,3 +271,15 @@ class _TcpExchange(Int16StringReceiver):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.loseConnection()
+
+
+class _OneShot(protocol.ClientFactory):
+    """``connectProtocol`` without its two log lines per connection."""
+
+    noisy = False
+
+    def __init__(self, exchange: _TcpExchange) -> None:
+        self.exchange = exchange
+
+    def buildProtocol(self, addr: Any) -> _TcpExchange:  # noqa: N802
+        return self.exchange

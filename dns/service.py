@@ -43,7 +43,8 @@ def dns_services(config: Config, reactor: Any, addresses: list[str], advertise_i
     ``addresses`` on our port.  Nothing is bound until the services start.
     """
     dns = config.dns
-    servers = forwarders(dns.forwarders, _read(resolv_conf), addresses, dns.port)
+    system = _read(resolv_conf) if "system" in dns.forwarders else ""
+    servers = forwarders(dns.forwarders, system, addresses, dns.port)
     if not servers:
         log.error("no upstream DNS servers: every name outside the catalogue gets SERVFAIL")
     cache = AnswerCache(reactor.seconds)

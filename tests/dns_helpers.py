@@ -35,16 +35,18 @@ def need_dig() -> str:
 
 
 class FakeUpstream:
-    """An upstream resolver on 127.0.0.1 (UDP and TCP on one port) serving ``zone`` and
+    """An upstream resolver on ``host`` (UDP and TCP on one port) serving ``zone`` and
     recording every query it gets as ``(transport, DNSRecord)``.
 
     ``zone`` maps a lower-case name to zone-file lines; a known name without the asked
     type gets NODATA, an unknown one NXDOMAIN, both with ``SOA``.  ``silent`` never
     answers; ``truncate_udp`` answers UDP with TC set and no records."""
 
-    def __init__(self, reactor: Any, zone: dict[str, list[str]] | None = None) -> None:
-        self.reactor, self.zone = reactor, zone or {}
+    def __init__(self, reactor: Any, zone: dict[str, list[str]] | None = None,
+                 host: str = "127.0.0.1") -> None:
+        self.reactor, self.zone, self.host = reactor, zone or {}, host
         self.queries: list[tuple[str, DNSRecord]] = []
+        self.sources: list[tuple[str, int]] = []  # (ip, port) of each UDP query
         self.silent = self.truncate_udp = False
         self._ports: list[Any] = []
 
@@ -52,10 +54,10 @@ class FakeUpstream:
         factory = protocol.Factory.forProtocol(_UpstreamTcp)
         factory.upstream = self  # type: ignore[attr-defined]
         for _ in range(10):  # until the kernel's UDP port number is free for TCP too
-            udp = self.reactor.listenUDP(0, _UpstreamUdp(self), interface="127.0.0.1")
+            udp = self.reactor.listenUDP(0, _UpstreamUdp(self), interface=self.host)
             self.port = udp.getHost().port
             try:
-                tcp = self.reactor.listenTCP(self.port, factory, interface="127.0.0.1")
+                tcp = self.reactor.listenTCP(self.port, factory, interface=self.host)
             except error.CannotListenError:
                 udp.stopListening()
                 continue
@@ -68,7 +70,7 @@ class FakeUpstream:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def names(self) -> list[str]:
         return [str(q.q.qname).rstrip(".").lower() for _, q in self.queries]
@@ -103,6 +105,7 @@ class _UpstreamUdp(protocol.DatagramProtocol):
         self.upstream = upstream
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+        self.upstream.sources.append((addr[0], addr[1]))
         reply = self.upstream.reply(data, "udp")
         if reply is not None:
             self.transport.write(reply, addr)
@@ -134,10 +137,10 @@ def _none_on_timeout(failure: Any) -> None:
 class UdpClient:
     """A client socket that sends raw datagrams and waits for replies."""
 
-    def __init__(self, reactor: Any, port: int) -> None:
-        self.reactor, self.server = reactor, ("127.0.0.1", port)
+    def __init__(self, reactor: Any, port: int, host: str = "127.0.0.1") -> None:
+        self.reactor, self.server = reactor, (host, port)
         self.protocol = _UdpClient()
-        self.listening = reactor.listenUDP(0, self.protocol, interface="127.0.0.1")
+        self.listening = reactor.listenUDP(0, self.protocol, interface=host)
 
     def send(self, data: bytes) -> None:
         self.protocol.transport.write(data, self.server)
@@ -197,14 +200,13 @@ def dns_config(forwarders: list[str], **dns: Any) -> Config:
 
 
 class RunningResolver:
-    """cachegate's resolver on 127.0.0.1 in this process: ``port``, ``stats``,
+    """cachegate's resolver on ``host`` in this process: ``port``, ``stats``,
     ``forwarder``; ``stop()`` when done."""
 
     def __init__(self, reactor: Any, config: Config, timeout: float = 0.3,
-                 resolv_conf: Path = Path("/nonexistent")) -> None:
+                 resolv_conf: Path = Path("/nonexistent"), host: str = "127.0.0.1") -> None:
         self.services, self.forwarder, self.stats = dns_services(
-            config, reactor, ["127.0.0.1"], ADVERTISED, resolv_conf=resolv_conf,
-            timeout=timeout)
+            config, reactor, [host], ADVERTISED, resolv_conf=resolv_conf, timeout=timeout)
         for s in self.services:
             s.startService()
         self.port = self.services[0].port  # type: ignore[attr-defined]

@@ -157,6 +157,7 @@ def test_upstream_queries_use_fresh_ids_and_source_ports(upstream, start_resolve
         query_ids.append(query.header.id)
     upstream_ids = [query.header.id for _, query in upstream.queries]
     assert len(upstream_ids) == 3 and upstream_ids != query_ids
+    assert len({port for _, port in upstream.sources}) == 3
 
 
 @pytest_twisted.inlineCallbacks
@@ -389,6 +390,24 @@ def test_an_idle_tcp_connection_is_closed(upstream):
     finally:
         yield listener.stopService()
         yield resolver.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_ipv6_listen_address_and_ipv6_upstream_over_udp_and_tcp():
+    upstream = FakeUpstream(reactor, ZONE, host="::1").start()
+    upstream.truncate_udp = True
+    resolver = RunningResolver(reactor, dns_config([upstream.address]), host="::1")
+    client = UdpClient(reactor, resolver.port, host="::1")
+    try:
+        reply = yield client.ask(q("example.com"))
+        assert addresses(reply) == ["93.184.216.34"]
+        assert [transport for transport, _ in upstream.queries] == ["udp", "tcp"]
+        reply = yield client.ask(q("deb.debian.org"))
+        assert addresses(reply) == [ADVERTISED]
+    finally:
+        yield client.close()
+        yield resolver.stop()
+        yield upstream.stop()
 
 
 @pytest_twisted.inlineCallbacks

@@ -361,3 +361,21 @@ def test_access_policy_remembers_its_verdicts():
     policy = AccessPolicy([ipaddress.ip_network("10.0.0.0/8")])
     assert policy.allows("10.0.0.1") and not policy.allows("127.0.0.1")
     assert policy.allows("10.0.0.1") and not policy.allows("127.0.0.1")
+
+
+# -- wiring -------------------------------------------------------------------------------
+
+def test_dns_services_wires_one_listener_per_address_and_the_system_forwarders(tmp_path):
+    from dataclasses import replace
+
+    from dns.service import dns_services
+    from gateway.config import Config
+
+    resolv_conf = tmp_path / "resolv.conf"
+    resolv_conf.write_text("nameserver 172.17.0.1\nnameserver 192.0.2.53\n")
+    config = Config(dns=replace(DnsConfig(), forwarders=("system", "198.51.100.7:5353")))
+    services, forwarder, stats = dns_services(config, Clock(), ["127.0.0.1", "172.17.0.1"],
+                                              "172.17.0.1", resolv_conf=resolv_conf)
+    assert [(s.address, s.port) for s in services] == [("127.0.0.1", 53), ("172.17.0.1", 53)]
+    assert forwarder.servers == [("192.0.2.53", 53), ("198.51.100.7", 5353)]
+    assert stats.queries == 0 and not any(s.running for s in services)
