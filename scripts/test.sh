@@ -6,8 +6,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 error() { echo "error: $*" >&2; exit 1; }
 
-# Debian packages the tests drive: dig for DNS, real package clients, shellcheck.
-DEBS=(bind9-dnsutils curl openssl apt shellcheck)
+# Debian packages the tests drive: dig for DNS, real package clients (mvn resolves its
+# dependency plugin from Debian's maven-repo: Central is not reachable from tests), gpg to
+# sign the fixture apt repository, shellcheck.
+DEBS=(bind9-dnsutils curl openssl apt dpkg gpg maven libmaven-dependency-plugin-java junit4
+      shellcheck)
 missing=()
 for deb in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "ok installed" || missing+=("$deb")

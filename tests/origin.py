@@ -507,6 +507,8 @@ class BodySender:
         self.paused = False
         self.done = False
         self.call = None
+        self.sent = 0
+        self.started: float | None = None  # a throttled body's pace counts from here
         source.seek(offset)
         request.setHeader("Content-Length", str(
             length if behaviour.lie_length is None else behaviour.lie_length))
@@ -529,13 +531,16 @@ class BodySender:
         """Write up to a tick's worth (or a few chunks) unless the client pushed back."""
         self.call = None
         rate = self.behaviour.slow_bytes_per_s
-        budget = max(1, int(rate * _TICK)) if rate else 4 * _CHUNK
+        budget = self._budget(rate) if rate else 4 * _CHUNK
+        if budget <= 0:  # resumed ahead of the pace: wait for it
+            return self._schedule(-budget / rate + _TICK / 10)
         while not self.paused and not self.done and budget > 0 and self.remaining > 0:
             data = self.source.read(min(_CHUNK, budget, self.remaining))
             if not data:  # the file shrank under us: end as a truncated response
                 self.cut, self.remaining = True, 0
                 break
             self.remaining -= len(data)
+            self.sent += len(data)
             budget -= len(data)
             self.request.write(data)
         if self.done:
@@ -544,6 +549,14 @@ class BodySender:
             self._end()
         elif not self.paused:
             self._schedule(_TICK if rate else 0)
+
+    def _budget(self, rate: int) -> int:
+        """Bytes a throttled body may send now: the pace since its start, one tick ahead
+        (a token bucket, so pauses by a slow client do not lower the average rate)."""
+        now = self.reactor.seconds()
+        if self.started is None:
+            self.started = now
+        return int(rate * (now - self.started + _TICK)) - self.sent
 
     def _end(self) -> None:
         self.done = True
