@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,10 @@ def dns_services(config: Config, reactor: Any, addresses: list[str], advertise_i
 
     ``addresses`` are the concrete listen addresses (``server.listen`` with "auto"
     resolved); ``advertise_ipv4`` is the A answer for redirected names (``dns.advertise_ipv4``
-    with "auto" resolved).  Returns:
+    with "auto" resolved).  With ``dns.advertise_ipv4 = "auto"`` a listener bound to a
+    specific IPv4 address answers with its own address instead (so each network gets an
+    address it can reach), and ``advertise_ipv4`` serves wildcard and IPv6 listeners.
+    Returns:
 
     - one ``DnsListener`` service (UDP + TCP on ``config.dns.port``) per address, to add to
       the process's MultiService (each has ``.port``: the bound number, useful with port 0);
@@ -50,13 +54,25 @@ def dns_services(config: Config, reactor: Any, addresses: list[str], advertise_i
     cache = AnswerCache(reactor.seconds)
     forwarder = Forwarder(reactor, servers, cache, timeout)
     stats = DnsStats()
-    responder = Responder(
-        reactor.seconds,
-        RedirectRules.from_catalogue(config.upstreams, dns.local_names),
-        RedirectTarget(advertise_ipv4, dns.advertise_ipv6, dns.ttl),
-        AccessPolicy(dns.allow), cache, forwarder, stats)
-    listeners: list[IService] = [DnsListener(reactor, responder, a, dns.port) for a in addresses]
+    rules = RedirectRules.from_catalogue(config.upstreams, dns.local_names)
+    access = AccessPolicy(dns.allow)
+    listeners: list[IService] = []
+    for address in addresses:
+        ipv4 = _advertised(dns.advertise_ipv4, address, advertise_ipv4)
+        target = RedirectTarget(ipv4, dns.advertise_ipv6, dns.ttl)
+        responder = Responder(reactor.seconds, rules, target, access, cache, forwarder, stats)
+        listeners.append(DnsListener(reactor, responder, address, dns.port))
     return listeners, forwarder, stats
+
+
+def _advertised(setting: str, address: str, fallback: str) -> str:
+    """For "auto", a listener on a specific IPv4 address answers with that address (the
+    one its clients reached us at); a wildcard or IPv6 listener answers ``fallback``."""
+    if setting == "auto":
+        ip = ipaddress.ip_address(address)
+        if ip.version == 4 and not ip.is_unspecified:
+            return address
+    return fallback
 
 
 def _read(path: Path) -> str:

@@ -194,9 +194,11 @@ def tcp_connect(reactor: Any, port: int) -> defer.Deferred[_TcpClient]:
 # -- cachegate's resolver ------------------------------------------------------------------
 
 def dns_config(forwarders: list[str], **dns: Any) -> Config:
-    """The default catalogue; our DNS on a free port; ``forwarders`` upstream."""
-    return Config(source="<test>", dns=replace(DnsConfig(), port=0,
-                                                forwarders=tuple(forwarders), **dns))
+    """The default catalogue; our DNS on a free port answering ``ADVERTISED`` for it;
+    ``forwarders`` upstream."""
+    settings = {"port": 0, "forwarders": tuple(forwarders), "advertise_ipv4": ADVERTISED,
+                **dns}
+    return Config(source="<test>", dns=replace(DnsConfig(), **settings))
 
 
 class RunningResolver:

@@ -379,3 +379,19 @@ def test_dns_services_wires_one_listener_per_address_and_the_system_forwarders(t
     assert [(s.address, s.port) for s in services] == [("127.0.0.1", 53), ("172.17.0.1", 53)]
     assert forwarder.servers == [("192.0.2.53", 53), ("198.51.100.7", 5353)]
     assert stats.queries == 0 and not any(s.running for s in services)
+
+
+def test_auto_advertises_each_listeners_own_ipv4_address(tmp_path):
+    from dataclasses import replace
+
+    from dns.service import dns_services
+    from gateway.config import Config
+
+    def answers(setting, resolved):
+        config = Config(dns=replace(DnsConfig(), forwarders=(), advertise_ipv4=setting))
+        services, _, _ = dns_services(config, Clock(), ["172.17.0.1", "127.0.0.1", "0.0.0.0",
+                                                        "::1"], resolved)
+        return [s.responder.target.ipv4 for s in services]
+    assert answers("auto", "172.17.0.1") == ["172.17.0.1", "127.0.0.1", "172.17.0.1",
+                                             "172.17.0.1"]
+    assert answers("192.0.2.9", "192.0.2.9") == ["192.0.2.9"] * 4
