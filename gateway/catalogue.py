@@ -9,7 +9,7 @@ response's own caching headers, RFC 9111).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 

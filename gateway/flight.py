@@ -10,7 +10,6 @@ response may be stored.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Union
 

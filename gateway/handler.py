@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server

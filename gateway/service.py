@@ -12,6 +12,7 @@ from gateway.config import Config
 from gateway.fetcher import Fetcher
 from gateway.flight import Flights
 from gateway.handler import Gateway, GatewayResource, GatewaySite
+from gateway.proxy import ProxyFactory, proxy_context
 from gateway.stats import Stats
 from gateway.store import Store
 from tls.ca import permitted_domains
@@ -57,7 +58,7 @@ class GatewayService(service.MultiService):
         self.stats = Stats()
         flights = Flights(reactor, self.store, self.fetcher, config.cache.negative_ttl)
         self.gateway = Gateway(reactor, config, self.store, flights, self.stats,
-                               self.ca.cert_pem)
+                               self.ca.cert_pem())
         self.site = GatewaySite(GatewayResource(self.gateway), timeout=CLIENT_IDLE_TIMEOUT)
 
     def has_name(self, name: str) -> bool:
@@ -66,10 +67,14 @@ class GatewayService(service.MultiService):
             find_upstream(self.config.upstreams, name) is not None
 
     def ports(self, kind: str) -> list[int]:
-        """The bound ports of one kind of listener ("http", "https", "dns"): useful when
-        configured as 0 in tests."""
+        """The bound ports of one kind of listener ("http", "https", "proxy", "dns"):
+        useful when configured as 0 in tests."""
         if kind == "dns":
             return [listener.port for listener in self.dns_listeners]
+        if kind == "proxy":
+            return [child._port.getHost().port for child in self
+                    if type(child) is internet.TCPServer
+                    and isinstance(child.args[1], ProxyFactory)]
         cls = internet.SSLServer if kind == "https" else internet.TCPServer
         return [child._port.getHost().port for child in self
                 if type(child) is cls and child.args[1] is self.site]
@@ -85,16 +90,20 @@ class GatewayService(service.MultiService):
 
 
 def make_service(config: Config, reactor) -> GatewayService:  # type: ignore[no-untyped-def]
-    """Every listener of the gateway, ready for ``startService``: DNS (UDP+TCP), HTTP and
-    HTTPS on each listen address.  A port configured as 0 is off (HTTP and DNS: tests
-    may pass 0 to mean "any free port")."""
+    """Every listener of the gateway, ready for ``startService``: DNS (UDP+TCP), HTTP,
+    HTTPS and the explicit proxy (``gateway/proxy.py``) on each listen address.  A port
+    configured as 0 is off (HTTP and DNS: tests may pass 0 to mean "any free port")."""
     top = GatewayService(config, reactor)
     server = config.server
+    proxy = ProxyFactory(reactor, proxy_context(top, reactor)) if server.proxy_port else None
     for address in top.addresses:
         internet.TCPServer(server.http_port, top.site, interface=address,
                            reactor=reactor).setServiceParent(top)
         if server.https_port:
             internet.SSLServer(server.https_port, top.site, top.tls.options, interface=address,
+                               reactor=reactor).setServiceParent(top)
+        if proxy is not None:
+            internet.TCPServer(server.proxy_port, proxy, interface=address,
                                reactor=reactor).setServiceParent(top)
     for listener in top.dns_listeners:
         listener.setServiceParent(top)

@@ -3,7 +3,6 @@ origin (``tests/origin.py``), the only fake in the suite."""
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +16,6 @@ from gateway.catalogue import BUILTIN
 from gateway.config import CacheConfig, Config, DnsConfig, ServerConfig
 from gateway.service import make_service
 
-IN_CI = os.environ.get("CI") == "true"
-
-
 def _log_to_current_stderr(event: dict) -> None:
     """Twisted log lines go to whatever sys.stderr is now, so pytest shows them with the
     failing test they belong to."""
@@ -30,14 +26,6 @@ def _log_to_current_stderr(event: dict) -> None:
 
 
 globalLogPublisher.addObserver(_log_to_current_stderr)
-
-
-def need(condition: bool, reason: str) -> None:
-    """Skip when ``condition`` fails outside CI; under CI=true a missing need is a failure."""
-    if not condition:
-        if IN_CI:
-            pytest.fail(f"cannot run under CI: {reason}")
-        pytest.skip(reason)
 
 
 def gateway_config(state_dir: Path, origin_url: str, rules: dict | None = None,

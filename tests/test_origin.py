@@ -9,13 +9,11 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,18 +25,11 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
 from tests import fixtures as fx
+from tests.clients import PROXIED_FETCHES, need, ok, run, through_proxy
 from tests.origin import PROXY_HOSTS, Origin, choose_variant, not_modified, parse_range
 
-IN_CI = os.environ.get("CI") == "true"
 REPO = Path(__file__).resolve().parent.parent
 
-
-def need(condition: object, reason: str) -> None:
-    """Skip when ``condition`` fails outside CI; under CI=true a missing need is a failure."""
-    if not condition:
-        if IN_CI:
-            pytest.fail(f"cannot run under CI: {reason}")
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +130,10 @@ def raw(port: int, path: str, headers: dict[str, str] | None = None, method: str
                (proto.first or now) - proto.started, now - proto.started)
 
 
-def run(argv: list[str], **kwargs) -> defer.Deferred:  # type: ignore[no-untyped-def]
-    """A real client in a thread, so the reactor keeps serving it."""
-    return threads.deferToThread(subprocess.run, argv, capture_output=True, text=True,
-                                 timeout=180, **kwargs)
 
 
-def ok(done: subprocess.CompletedProcess) -> None:
-    assert done.returncode == 0, f"{done.args[:3]}... failed:\n{done.stdout}\n{done.stderr}"
+
+
 
 
 # --- pure parts ---------------------------------------------------------------------
@@ -589,39 +576,10 @@ def test_mvn_dependency_get(origin, tree, tmp_path):
 
 # --- the same recipes through an HTTP proxy, with the real hosts' URLs ------------------
 
-def _through_proxy(client: str, tree: fx.Fixtures, proxy: str, port: int, tmp: Path):  # type: ignore[no-untyped-def]
-    """The argv/kwargs of each client's recipe aimed at the real hosts via ``proxy``."""
-    if client == "apt":
-        need(shutil.which("apt-get"), "apt-get not installed")
-        options = fx.apt_options(tmp / "apt", "http://deb.debian.org/debian", tree.apt_keyring,
-                                 proxy=proxy)
-        (tmp / "debs").mkdir()
-        env = fx.apt_env(tmp / "apt")
-        return [(["apt-get", *options, "update"], {"env": env}),
-                (["apt-get", *options, "download", *fx.DEBIAN_PACKAGES],
-                 {"env": env, "cwd": tmp / "debs"})]
-    if client == "pip":
-        return [(fx.pip_download_args("http://pypi.org/simple", tmp / "pip",
-                                      ["cachegate-fixture-a"], proxy=proxy,
-                                      trusted_hosts=("pypi.org", "files.pythonhosted.org")), {})]
-    if client == "npm":
-        need(shutil.which("npm"), "npm not installed")
-        return [(fx.npm_install_args(tmp / "npm", "http://registry.npmjs.org/",
-                                     ["@cachegate/fixture"], proxy=proxy), {})]
-    need(shutil.which("mvn"), "mvn not installed (package maven)")
-    need(fx.maven_plugin_repo(), "no maven-dependency-plugin in /usr/share/maven-repo "
-                                 "(packages libmaven-dependency-plugin-java junit4)")
-    return [(fx.mvn_get_args(tmp / "m2", "http://repo1.maven.org/maven2", fx.MAVEN_SNAPSHOT,
-                             proxy=("127.0.0.1", port)), {"env": fx.mvn_env()})]
 
 
-PROXIED_FETCHES = {  # a file each client must have asked the real host for
-    "apt": ("deb.debian.org", "/debian/debian/pool/main/h/hello-cachegate/hello-cachegate_1.0_all.deb"),
-    "pip": ("files.pythonhosted.org", "/pypi/packages/"),
-    "npm": ("registry.npmjs.org", "/npm/@cachegate/fixture/-/fixture-1.0.0.tgz"),
-    "mvn": ("repo1.maven.org",  # the SNAPSHOT, resolved through its metadata
-            "/maven/maven2/org/cachegate/fixture/1.1-SNAPSHOT/fixture-1.1-20240210.100000-2.jar"),
-}
+
+
 
 
 @pytest.mark.parametrize("client", sorted(PROXIED_FETCHES))
@@ -631,7 +589,7 @@ def test_recipe_through_a_proxy(proxied, tmp_path, client):
     asks for the real hosts' URLs in absolute form and gets the fixtures."""
     origin, tree = proxied
     origin.reset()
-    for argv, kwargs in _through_proxy(client, tree, origin.url, origin.port, tmp_path):
+    for argv, kwargs in through_proxy(client, tree, origin.url, origin.port, tmp_path):
         ok((yield run(argv, **kwargs)))
     host, prefix = PROXIED_FETCHES[client]
     assert any(r.path.startswith(prefix) and r.headers["host"] == host for r in origin.requests)

@@ -20,7 +20,7 @@ from tls.ca import CA_LIFETIME, CAError, create_ca, missing_domains, permitted_d
 from tls.leaf import LEAF_LIFETIME, LeafCache, issue_leaf, new_leaf_key
 from tls.store import ca_paths, export_pem, load_or_create_ca, rotate_ca
 
-from tests.conftest import need
+from tests.clients import need
 
 NOW = 1_780_000_000.0  # 2026-05-28, a fixed clock: nothing here reads the wall clock
 DOMAINS = permitted_domains(BUILTIN, ("cachegate.internal",))

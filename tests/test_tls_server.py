@@ -22,7 +22,7 @@ from gateway.catalogue import BUILTIN, find_upstream
 from tls.ca import create_ca, permitted_domains
 from tls.context import SNIContexts, sni_name
 from tls.leaf import LeafCache
-from tests.conftest import need
+from tests.clients import need
 
 LOCAL_NAMES = ("cachegate.internal",)
 
