@@ -3,13 +3,11 @@ resolver in this process, all on loopback port 0 (Twisted + dnslib, like the rea
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pytest
 from dnslib import EDNS0, QTYPE, RCODE, RR, DNSHeader, DNSRecord
 from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -17,21 +15,17 @@ from twisted.protocols.basic import Int16StringReceiver
 
 from dns.service import dns_services
 from gateway.config import Config, DnsConfig
+from tests.clients import need
 
 ADVERTISED = "10.9.8.7"
 SOA = "example. 3600 IN SOA ns.example. admin.example. 1 3600 600 86400 60"
-IN_CI = os.environ.get("CI") == "true"
 
 
 def need_dig() -> str:
     """The path of ``dig``; skipped when missing, but under CI=true a missing dig fails."""
     path = shutil.which("dig")
-    if path is None:
-        reason = "dig not installed (Debian package bind9-dnsutils)"
-        if IN_CI:
-            pytest.fail(f"cannot run under CI: {reason}")
-        pytest.skip(reason)
-    return path
+    need(path, "dig not installed (Debian package bind9-dnsutils)")
+    return path  # type: ignore[return-value]
 
 
 class FakeUpstream:

@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from dns_helpers import ADVERTISED, FakeUpstream, RunningResolver, dns_config, need_dig
+from tests.dns_helpers import ADVERTISED, FakeUpstream, RunningResolver, dns_config, need_dig
 
 ZONE = {
     "example.com": ["example.com 300 IN A 93.184.216.34"],

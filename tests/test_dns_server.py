@@ -14,7 +14,7 @@ from twisted.logger import globalLogPublisher
 
 from dns.answers import MAX_UDP_PAYLOAD
 from dns.server import DnsListener
-from dns_helpers import (ADVERTISED, FakeUpstream, RunningResolver, UdpClient, dns_config,
+from tests.dns_helpers import (ADVERTISED, FakeUpstream, RunningResolver, UdpClient, dns_config,
                          tcp_connect)
 
 ZONE = {
