@@ -118,8 +118,15 @@ def _length(response) -> int | None:  # type: ignore[no-untyped-def]
     return None if response.length is UNKNOWN_LENGTH else response.length
 
 
+def _timed_out(failure: Failure) -> bool:
+    """A timeout, also when the HTTP client wraps it (``ResponseNeverReceived``)."""
+    reasons = getattr(failure.value, "reasons", None) or [failure]
+    return any(f.check(defer.TimeoutError, defer.CancelledError, error.TimeoutError)
+               for f in reasons)
+
+
 def _failure_outcome(failure: Failure, url: str) -> Failed:
-    if failure.check(defer.TimeoutError, defer.CancelledError, error.TimeoutError):
+    if _timed_out(failure):
         log.error("upstream timed out: {url}", url=url)
         return Failed(504, "upstream timed out")
     log.error("upstream unreachable: {url}: {error}", url=url, error=failure.getErrorMessage())

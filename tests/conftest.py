@@ -29,7 +29,7 @@ globalLogPublisher.addObserver(_log_to_current_stderr)
 
 
 def gateway_config(state_dir: Path, origin_url: str, rules: dict | None = None,
-                   https_port: int = 0, **cache: object) -> Config:
+                   https_port: int = 0, http_port: int = 0, **cache: object) -> Config:
     """Every catalogue entry pointed at ``origin_url/<entry name>``; HTTP on a free port;
     ``rules`` ({entry name: (Rule, ...)}) tried before an entry's own."""
     rules = rules or {}
@@ -37,7 +37,7 @@ def gateway_config(state_dir: Path, origin_url: str, rules: dict | None = None,
                               rules=rules.get(u.name, ()) + u.rules) for u in BUILTIN)
     return Config(
         source="<test>",
-        server=ServerConfig(state_dir=state_dir, listen=("127.0.0.1",), http_port=0,
+        server=ServerConfig(state_dir=state_dir, listen=("127.0.0.1",), http_port=http_port,
                             https_port=https_port, proxy_port=0),
         dns=DnsConfig(port=0, forwarders=("127.0.0.1:9",)),
         cache=replace(CacheConfig(), **cache),
@@ -65,9 +65,9 @@ def start_gateway(tmp_path):  # type: ignore[no-untyped-def]
     running: list[RunningGateway] = []
 
     def start(origin_url: str, state_dir: Path | None = None, rules: dict | None = None,
-              https_port: int = 0, **cache: object) -> RunningGateway:
+              https_port: int = 0, http_port: int = 0, **cache: object) -> RunningGateway:
         gw = RunningGateway(gateway_config(state_dir or tmp_path / "state", origin_url, rules,
-                                           https_port, **cache))
+                                           https_port, http_port, **cache))
         running.append(gw)
         return gw
 

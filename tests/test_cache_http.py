@@ -342,3 +342,28 @@ def test_apt_indexes_follow_their_suites_inrelease(origin, start_gateway):
     assert release.body == b"generation 2"
     packages = yield fetch(gw.port, "deb.debian.org", suite + "main/binary-amd64/Packages")
     assert packages.body == b"packages 2", "an index of the old generation was served"
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_origin_that_is_the_gateway_itself_is_refused_not_looped(start_gateway):
+    from tests.processes import free_port
+    port = free_port()
+    gw = start_gateway(f"http://127.0.0.1:{port}", http_port=port)
+    reply = yield fetch(gw.port, "pypi.org", "/simple/loop/")
+    assert reply.status == 502 and b"resolves to this gateway" in reply.body
+    assert gw.service.stats.total.requests["ERROR"] == 1, "the gateway fetched from itself"
+
+
+@pytest_twisted.inlineCallbacks
+def test_upstream_silence_times_out(origin, start_gateway):
+    path = "/maven2/org/ex/stall/1.0/stall-1.0.jar"
+    write_object(origin, "maven", path, payload(3_000_000))
+    gw = start_gateway(origin.url, idle_timeout=0.5, connect_timeout=0.5)
+    origin.behave("/maven" + path, delay_headers=5, times=1)
+    reply = yield fetch(gw.port, "repo1.maven.org", path)
+    assert reply.status == 504
+    origin.behave("/maven" + path, slow_bytes_per_s=1, times=1)  # a byte a second: stalled
+    head, body, _ = yield raw_get(gw.port, "repo1.maven.org", path)
+    assert head.startswith("HTTP/1.1 200") and len(body) < 3_000_000
+    yield sleep(0.1)
+    assert list(gw.store.entries()) == []
