@@ -16,7 +16,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import LogLevel, Logger, globalLogBeginner
 
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from gateway.logging import LineObserver
+from gateway.logging import AccessLog, LineObserver
 from tls.ca import CAError
 
 log = Logger()
@@ -64,10 +64,11 @@ def serve(config, debug: bool) -> int:  # type: ignore[no-untyped-def]
 
     from gateway.service import make_service
 
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     globalLogBeginner.beginLoggingTo(
         [LineObserver(sys.stdout, LogLevel.debug if debug else LogLevel.info)],
         redirectStandardIO=False)
-    top = make_service(config, reactor)
+    top = make_service(config, reactor, AccessLog(sys.stdout))
     try:
         top.startService()
     except CannotListenError as e:

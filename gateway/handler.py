@@ -22,11 +22,13 @@ from gateway.config import Config
 from gateway.fetcher import header_dict
 from gateway.flight import Failed, Flights, Outcome, Retry, Stored, Streaming, Target
 from gateway.headers import as_dict, passthrough_request_headers
+from gateway.logging import AccessLog
 from gateway.keys import base_key, normalise_path, variant_key
 from gateway.policy import bypass_reason, invalidates, request_forces_revalidation
 from gateway.ranges import UNSATISFIABLE, if_range_allows, parse_range
 from gateway.stats import Stats
 from gateway.store import Entry, Store
+from gateway.fast_path import GatewayChannel, response_head
 from gateway.streaming import FileStreamer
 from tls.context import sni_name
 
@@ -56,13 +58,14 @@ class Gateway:
     """Serves requests for catalogue hosts from the store, fetching misses once."""
 
     def __init__(self, reactor, config: Config, store: Store, flights: Flights,  # type: ignore[no-untyped-def]
-                 stats: Stats, ca_pem: bytes) -> None:
+                 stats: Stats, ca_pem: bytes, access_log: AccessLog | None = None) -> None:
         self.reactor = reactor
         self.config = config
         self.store = store
         self.flights = flights
         self.stats = stats
         self.ca_pem = ca_pem
+        self.access_log = access_log or AccessLog()
 
     # -- routing ---------------------------------------------------------------------
 
@@ -86,6 +89,43 @@ class Gateway:
             return self._relay(exchange)
         self._lookup(exchange)
 
+    def fast_hit(self, method: str, target: str, headers: dict[str, str],
+                 client: str) -> bytes | None:
+        """The whole response to a plain-TCP request that is a fresh hit on a small object
+        and asks nothing special (see ``fast_path``); None sends it down the normal path."""
+        raw_host = headers.get("host", "")
+        host = (raw_host.rsplit(":", 1)[0] if raw_host.count(":") == 1 else raw_host).lower()
+        path = normalise_path(target)
+        upstream = find_upstream(self.config.upstreams, host)
+        if path is None or upstream is None or host in self.config.dns.local_names:
+            return None
+        rule = upstream.rule_for(path)
+        if bypass_reason(method, headers, rule):
+            return None
+        base = base_key(host, path)
+        entry = self.store.get(variant_key(base, self.store.vary(base), headers))
+        if entry is None or entry.meta.length > SMALL_BODY or \
+                not self._fresh(rule, headers, entry):
+            return None
+        body = b""
+        if method == "GET":
+            try:
+                fd = os.open(entry.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+            try:
+                body = os.pread(fd, entry.meta.length, 0)
+            finally:
+                os.close(fd)
+            if len(body) != entry.meta.length:
+                return None
+        head = response_head(entry.meta.status, entry.meta.headers, [
+            ("Age", str(int(entry.meta.freshness.age(self.reactor.seconds())))),
+            ("X-Cache", "HIT"), ("Content-Length", str(entry.meta.length))])
+        self._record(upstream.name, client, method, host, path, entry.meta.status, "HIT",
+                     len(body), 0)
+        return head + body
+
     def _local(self, request: server.Request, path: str) -> None:
         """The gateway's own name: the CA certificate for containers to trust."""
         if path.partition("?")[0] != "/ca.crt":
@@ -102,7 +142,7 @@ class Gateway:
         base = base_key(ex.host, ex.path)
         key = variant_key(base, self.store.vary(base), ex.headers)
         entry = self.store.get(key)
-        if entry is not None and self._fresh(ex, entry):
+        if entry is not None and self._fresh(ex.rule, ex.headers, entry):
             return self._serve_entry(ex, entry, "HIT")
         if self.config.cache.offline:
             if entry is not None:
@@ -114,13 +154,13 @@ class Gateway:
         d.addCallback(self._serve_outcome, ex)
         d.addErrback(self._bug, ex)
 
-    def _fresh(self, ex: Exchange, entry: Entry) -> bool:
+    def _fresh(self, rule: Rule, headers: dict[str, str], entry: Entry) -> bool:
         now = self.reactor.seconds()
         if not entry.meta.freshness.is_fresh(now):
             return False
-        if ex.rule.policy is Policy.STANDARD and request_forces_revalidation(ex.headers):
+        if rule.policy is Policy.STANDARD and request_forces_revalidation(headers):
             return False
-        if ex.rule.apt_index and not apt.is_release_file(entry.meta.url):
+        if rule.apt_index and not apt.is_release_file(entry.meta.url):
             suite = apt.suite_of(entry.meta.url)
             return suite is None or \
                 entry.meta.freshness.response_time >= self.store.suite_changed_at(suite)
@@ -269,12 +309,14 @@ class Gateway:
             ex.request.transport.abortConnection()
 
     def _log(self, ex: Exchange, status: int, label: str, sent: int, complete: bool = True) -> None:
-        self.stats.record(ex.upstream.name, _client(ex.request), label, sent)
-        log.info("{client} {method} {host}{path} {status} {label} {sent}B {ms}ms{aborted}",
-                 client=_client(ex.request), method=ex.method, host=ex.host, path=ex.path,
-                 status=status, label=label, sent=sent,
-                 ms=int((self.reactor.seconds() - ex.started) * 1000),
-                 aborted="" if complete else " ABORTED")
+        self._record(ex.upstream.name, _client(ex.request), ex.method, ex.host, ex.path, status,
+                     label, sent, int((self.reactor.seconds() - ex.started) * 1000), complete)
+
+    def _record(self, ecosystem: str, client: str, method: str, host: str, path: str,
+                status: int, label: str, sent: int, ms: int, complete: bool = True) -> None:
+        """Count a response in the stats and write its access-log line."""
+        self.stats.record(ecosystem, client, label, sent)
+        self.access_log.write(client, method, host + path, status, label, sent, ms, complete)
 
 
 def _replay_headers(request: server.Request, pairs: list[tuple[str, str]]) -> None:
@@ -328,20 +370,15 @@ class GatewayResource(Resource):
         return server.NOT_DONE_YET
 
 
-class GatewayChannel(http.HTTPChannel):
-    """HTTP/1.1 channel with Nagle off: a small response must not wait ~40 ms for an ACK."""
-
-    def connectionMade(self) -> None:  # noqa: N802
-        super().connectionMade()
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
-
-
 class GatewaySite(server.Site):
-    """A ``Site`` without twisted.web's own access log (``Gateway`` logs each request)."""
+    """A ``Site`` with the fast path, and without twisted.web's own access log (``Gateway``
+    logs each request)."""
 
     protocol = GatewayChannel
+
+    def __init__(self, resource: GatewayResource, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(resource, **kwargs)
+        self.gateway = resource.gateway  # for GatewayChannel's fast path
 
     def log(self, request: server.Request) -> None:
         pass

@@ -1,8 +1,11 @@
-"""The log observer of ``cachegate serve``: one line per event on a stream.
+"""Log output of ``cachegate serve``: the observer for Twisted's log events, and the
+access log.
 
 Twisted's ``textFileLogObserver`` formats each event through its own ``{}`` engine and an
-``strftime`` per line; at thousands of access-log lines a second that costs more than
-serving the requests.  This one uses ``str.format_map`` and a once-per-second timestamp.
+``strftime`` per line, and every event crosses several publishers; at thousands of
+access-log lines a second that costs more than serving the requests (64 µs a line, a
+third of a small hit).  ``LineObserver`` uses ``str.format_map`` and a once-per-second
+timestamp; ``AccessLog`` writes its lines straight to the stream when it has one.
 """
 
 from __future__ import annotations
@@ -10,8 +13,48 @@ from __future__ import annotations
 import time
 from typing import IO
 
-from twisted.logger import ILogObserver, LogLevel, formatEvent
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from zope.interface import implementer
+
+
+log = Logger()
+
+
+class _Clock:
+    """``YYYY-mm-ddTHH:MM:SS+zzzz``, formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._stamp = ""
+
+    def stamp(self, when: float | None = None) -> str:
+        second = int(when or time.time())
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second))
+        return self._stamp
+
+
+class AccessLog:
+    """One line per response: client, method, URL, status, cache label, bytes, time.
+
+    With a ``stream`` (``cachegate serve``) lines are written to it directly; without one
+    (tests, embedding) they go through Twisted's logger like any event."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream
+        self._clock = _Clock()
+
+    def write(self, client: str, method: str, url: str, status: int, label: str, sent: int,
+              ms: int, complete: bool = True) -> None:
+        aborted = "" if complete else " ABORTED"
+        if self.stream is None:
+            log.info("{client} {method} {url} {status} {label} {sent}B {ms}ms{aborted}",
+                     client=client, method=method, url=url, status=status, label=label,
+                     sent=sent, ms=ms, aborted=aborted)
+            return
+        self.stream.write(f"{self._clock.stamp()} [access] {client} {method} {url} {status} "
+                          f"{label} {sent}B {ms}ms{aborted}\n")
 
 
 @implementer(ILogObserver)
@@ -21,26 +64,17 @@ class LineObserver:
     def __init__(self, stream: IO[str], level: LogLevel = LogLevel.info) -> None:
         self.stream = stream
         self.level = level
-        self._second = -1
-        self._stamp = ""
+        self._clock = _Clock()
 
     def __call__(self, event: dict) -> None:
         level = event.get("log_level", LogLevel.info)
         if level < self.level:
             return
-        self.stream.write(f"{self._time(event.get('log_time'))} "
+        self.stream.write(f"{self._clock.stamp(event.get('log_time'))} "
                           f"[{event.get('log_namespace', '-')}#{level.name}] "
                           f"{self._message(event)}\n")
         if "log_failure" in event:
             self.stream.write(event["log_failure"].getTraceback())
-        self.stream.flush()
-
-    def _time(self, when: float | None) -> str:
-        second = int(when or time.time())
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second))
-        return self._stamp
 
     @staticmethod
     def _message(event: dict) -> str:

@@ -12,6 +12,7 @@ from gateway.config import Config
 from gateway.fetcher import Fetcher
 from gateway.flight import Flights
 from gateway.handler import Gateway, GatewayResource, GatewaySite
+from gateway.logging import AccessLog
 from gateway.proxy import ProxyFactory, proxy_context
 from gateway.stats import Stats
 from gateway.store import Store
@@ -33,7 +34,8 @@ ACCESS_FLUSH_SECONDS = 5
 class GatewayService(service.MultiService):
     """The process: its listeners as children, and the shared state they serve from."""
 
-    def __init__(self, config: Config, reactor) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config: Config, reactor,  # type: ignore[no-untyped-def]
+                 access_log: AccessLog | None = None) -> None:
         super().__init__()
         self.config = config
         self.addresses = listen_addresses(config.server.listen)
@@ -58,7 +60,7 @@ class GatewayService(service.MultiService):
         self.stats = Stats()
         flights = Flights(reactor, self.store, self.fetcher, config.cache.negative_ttl)
         self.gateway = Gateway(reactor, config, self.store, flights, self.stats,
-                               self.ca.cert_pem())
+                               self.ca.cert_pem(), access_log)
         self.site = GatewaySite(GatewayResource(self.gateway), timeout=CLIENT_IDLE_TIMEOUT)
 
     def has_name(self, name: str) -> bool:
@@ -89,11 +91,12 @@ class GatewayService(service.MultiService):
         return d
 
 
-def make_service(config: Config, reactor) -> GatewayService:  # type: ignore[no-untyped-def]
+def make_service(config: Config, reactor,  # type: ignore[no-untyped-def]
+                 access_log: AccessLog | None = None) -> GatewayService:
     """Every listener of the gateway, ready for ``startService``: DNS (UDP+TCP), HTTP,
     HTTPS and the explicit proxy (``gateway/proxy.py``) on each listen address.  A port
     configured as 0 is off (HTTP and DNS: tests may pass 0 to mean "any free port")."""
-    top = GatewayService(config, reactor)
+    top = GatewayService(config, reactor, access_log)
     server = config.server
     proxy = ProxyFactory(reactor, proxy_context(top, reactor)) if server.proxy_port else None
     for address in top.addresses:

@@ -24,7 +24,9 @@ class Reply:
 
 
 def _pool() -> HTTPConnectionPool:
-    return HTTPConnectionPool(reactor, persistent=False)
+    """Keep-alive (no ``Connection: close``), as package clients do: that is what the
+    gateway's fast path answers.  Closed after each ``fetch``."""
+    return HTTPConnectionPool(reactor, persistent=True)
 
 
 @defer.inlineCallbacks
@@ -35,15 +37,17 @@ def fetch(port: int, host: str, path: str, headers: dict[str, str] | None = None
     ``proxy=True`` sends the absolute form (``GET http://host/path``), as a client with
     ``http_proxy`` set does."""
     raw = Headers({k.encode(): [v.encode()] for k, v in (headers or {}).items()})
+    pool = _pool()
     if proxy:
-        agent = ProxyAgent(TCP4ClientEndpoint(reactor, "127.0.0.1", port), reactor, pool=_pool())
+        agent = ProxyAgent(TCP4ClientEndpoint(reactor, "127.0.0.1", port), reactor, pool=pool)
         url = f"http://{host}{path}"
     else:
         raw.setRawHeaders(b"host", [host.encode()])
-        agent = Agent(reactor, pool=_pool())
+        agent = Agent(reactor, pool=pool)
         url = f"http://127.0.0.1:{port}{path}"
     response = yield agent.request(method.encode(), url.encode(), raw, body)
     data = yield readBody(response)
+    yield pool.closeCachedConnections()
     reply_headers = {k.decode().lower(): ", ".join(x.decode() for x in v)
                      for k, v in response.headers.getAllRawHeaders()}
     return Reply(response.code, reply_headers, data)
