@@ -15,12 +15,14 @@ The first request line (and, for ``CONNECT``, its head) decides what a connectio
   (a loop), and loopback addresses for clients that are not on loopback themselves (a
   container must not reach services bound to the host's 127.0.0.1, such as the admin API).
 - anything else (``GET http://host/path`` from ``http_proxy`` clients): the gateway's site
-  channel, with the bytes read so far replayed; the handler routes by the URL's host.
+  channel, with the bytes read so far replayed; the handler routes by the URL's host (and
+  answers 403 for a host it does not serve: plain-HTTP requests are not forwarded).
 
 A served host whose client rejected our certificate (a TLS alert saying so, before the
 handshake finished) is tunnelled for that client for ``UNTRUSTED_MEMO_SECONDS``: the retry
-that pip, npm and Maven make on their own then succeeds uncached, instead of the build
-failing because of cachegate (mitmproxy's ``tls_passthrough`` example does the same).
+that pip and npm make on their own (or the build's next run) then succeeds uncached,
+instead of failing because of cachegate (mitmproxy's ``tls_passthrough`` example does the
+same).
 
 Clients outside ``dns.allow`` get 403 before a byte is read (never an open proxy).  A head
 that is malformed (400), longer than ``MAX_HEAD`` (431) or not complete within
@@ -34,6 +36,7 @@ import ipaddress
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
 from OpenSSL import SSL
@@ -41,6 +44,7 @@ from twisted.internet import defer, error
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
@@ -114,6 +118,47 @@ def check_header_lines(lines: list[bytes]) -> None:
         name, colon, _ = line.partition(b":")
         if not colon or not _TOKEN.fullmatch(name):
             raise BadRequest("malformed header line")
+
+
+class HeadReader:
+    """A connection's first bytes, until ``feed`` can say what they are: ``(line, rest)``.
+
+    For ``CONNECT`` that is once the whole head is in (checked; ``rest`` is what follows
+    it); for any other method as soon as the request line is (``rest`` is everything read,
+    for the site to parse again).  Each byte is scanned once, however the client dribbles
+    them; more than ``MAX_HEAD`` bytes without an answer raise ``BadRequest`` (431)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self._line: RequestLine | None = None
+        self._line_end = -1  # index of the request line's LF
+        self._scanned = 0  # bytes searched already
+
+    def feed(self, data: bytes) -> tuple[RequestLine, bytes] | None:
+        self.buffer += data
+        if self._line is None:
+            if self._scanned == 0:
+                self.buffer = self.buffer.lstrip(b"\r\n")  # RFC 9112 2.2: leading CRLFs
+            self._line_end = self.buffer.find(b"\n", self._scanned)
+            if self._line_end < 0:
+                return self._wait()
+            self._line = parse_request_line(self.buffer[:self._line_end].rstrip(b"\r"))
+            if self._line.method != "CONNECT":
+                return self._line, self.buffer
+            self._scanned = self._line_end
+        # A match may begin up to 3 bytes before the new data; one starting at the request
+        # line's LF is found from there, its optional CR being before it.
+        end = _HEAD_END.search(self.buffer, max(self._line_end, self._scanned - 3))
+        if end is None or end.end() > MAX_HEAD:
+            return self._wait()
+        check_header_lines(self.buffer[self._line_end + 1:end.start()].splitlines())
+        return self._line, self.buffer[end.end():]
+
+    def _wait(self) -> None:
+        self._scanned = len(self.buffer)
+        if self._scanned > MAX_HEAD:
+            raise BadRequest(f"request head over {MAX_HEAD} bytes", 431)
+        return None
 
 
 def parse_authority(target: str) -> tuple[str, int]:
@@ -241,7 +286,7 @@ class ProxyContext:
     """What the proxy port uses of the process (``proxy_context(top)`` builds it)."""
 
     site: server.Site
-    tls_options: Any  # CertificateOptions for startTLS: a certificate per SNI name
+    tls_options: Any  # server CertificateOptions: a certificate per SNI name
     serves: Callable[[str], bool]
     resolve: Resolve
     is_own: IsOwn
@@ -272,6 +317,11 @@ class ProxyFactory(Factory):
     def __init__(self, reactor: Any, context: ProxyContext) -> None:
         self.reactor, self.context = reactor, context
 
+    @cached_property
+    def tls_factory(self) -> TLSMemoryBIOFactory:
+        """Builds the server-side TLS layer of intercepted connections."""
+        return TLSMemoryBIOFactory(self.context.tls_options, False, self.context.site)
+
     def buildProtocol(self, addr: Any) -> "ProxyProtocol":  # noqa: N802
         proto = ProxyProtocol(self.reactor, self.context)
         proto.factory = self
@@ -283,7 +333,8 @@ class ProxyProtocol(Protocol):
 
     def __init__(self, reactor: Any, context: ProxyContext) -> None:
         self.reactor, self.context = reactor, context
-        self.buffer = b""
+        self.head = HeadReader()
+        self.buffer = b""  # what the client sent while its tunnel was being opened
         self.state = "head"  # -> "connecting" -> "tunnel"; "handed" / "closed"
         self.client = "?"
         self.upstream: _UpstreamEnd | None = None
@@ -330,33 +381,17 @@ class ProxyProtocol(Protocol):
         if self.state != "head":  # connecting (reads are paused) or closing
             self.buffer += data
             return
-        self.buffer = (self.buffer + data).lstrip(b"\r\n")  # RFC 9112 2.2: leading CRLFs
         try:
-            self._read_head()
+            head = self.head.feed(data)
+            chosen = None if head is None else route(
+                head[0], self.context.serves,
+                lambda host: (self.client, host) in self.context.untrusted)
         except BadRequest as e:
             log.warn("proxy: {client}: {status} {reason}", client=self.client,
                      status=e.status, reason=str(e))
-            self._refuse(e.status, str(e))
-
-    def _read_head(self) -> None:
-        end_of_line = self.buffer.find(b"\n")
-        if end_of_line < 0:
-            return self._check_size()
-        line = parse_request_line(self.buffer[:end_of_line].rstrip(b"\r"))
-        if line.method != "CONNECT":
-            return self._hand_over(self.buffer, tls=False)
-        end = _HEAD_END.search(self.buffer, end_of_line - 1 if end_of_line else 0)
-        if end is None:
-            return self._check_size()
-        if end.end() > MAX_HEAD:
-            raise BadRequest(f"request head over {MAX_HEAD} bytes", 431)
-        check_header_lines(self.buffer[end_of_line + 1:end.start()].splitlines())
-        rest, self.buffer = self.buffer[end.end():], b""
-        self._connect(line, rest)
-
-    def _check_size(self) -> None:
-        if len(self.buffer) > MAX_HEAD:
-            raise BadRequest(f"request head over {MAX_HEAD} bytes", 431)
+            return self._refuse(e.status, str(e))
+        if head is not None:
+            self._dispatch(chosen, head[1])
 
     def _head_timeout(self) -> None:
         self._timer = None
@@ -365,34 +400,39 @@ class ProxyProtocol(Protocol):
                      s=HEAD_TIMEOUT)
             self._refuse(408, "no request received in time")
 
-    def _connect(self, line: RequestLine, rest: bytes) -> None:
-        client = self.client
-        chosen = route(line, self.context.serves,
-                       lambda host: (client, host) in self.context.untrusted)
-        if isinstance(chosen, Intercept):
-            self._cancel_timer()
+    def _dispatch(self, chosen: Route, rest: bytes) -> None:
+        if isinstance(chosen, Serve):  # ``rest`` is all we read: the site parses it again
+            self._hand_over(rest, tls=False)
+        elif isinstance(chosen, Intercept):
             log.info("proxy: {client} CONNECT {host}:{port} served from the cache",
-                     client=client, host=chosen.host, port=chosen.port)
+                     client=self.client, host=chosen.host, port=chosen.port)
             self.transport.write(ESTABLISHED)
             self._hand_over(rest, tls=chosen.tls, host=chosen.host)
-        elif isinstance(chosen, Tunnel):
+        else:
             self._open_tunnel(chosen, rest)
 
     # -- handing over to the site ------------------------------------------------------
 
     def _hand_over(self, replay: bytes, tls: bool, host: str = "") -> None:
-        """The connection becomes the site's HTTP channel (with TLS first if asked): the
-        transport delivers to it from now on; ``replay`` is what we read beyond our part."""
+        """The connection becomes the site's HTTP channel (behind TLS if asked): the
+        transport delivers to it from now on; ``replay`` is what we read beyond our part.
+
+        TLS is layered as ``listenSSL`` layers it (a ``TLSMemoryBIOProtocol`` as the
+        channel's transport), not with ``transport.startTLS``: after startTLS the channel's
+        transport is still a ``tcp.Server``, which streaming.py takes for plain TCP and
+        ``sendfile``s bodies to, past the TLS layer."""
         self._cancel_timer()
-        self.state, self.buffer = "handed", b""
+        self.state = "handed"
         transport = self.transport
         channel = self.context.site.buildProtocol(transport.getPeer())
-        transport.protocol = _ChannelWatch(channel, self, host) if tls else channel
-        channel.makeConnection(transport)
-        if tls:  # wraps transport.protocol: TLS in front, the watched channel behind
-            transport.startTLS(self.context.tls_options)
+        target = channel
+        if tls:
+            factory = self.factory.tls_factory
+            target = factory.protocol(factory, _ChannelWatch(channel, self, host))
+        transport.protocol = target
+        target.makeConnection(transport)
         if replay:
-            transport.protocol.dataReceived(replay)
+            target.dataReceived(replay)
 
     def handshake_failed(self, host: str) -> None:
         """An intercepted client refused our certificate: tunnel ``host`` for it a while."""
@@ -418,12 +458,13 @@ class ProxyProtocol(Protocol):
             raise
         except Exception as e:
             raise _Unreachable(502, f"cannot resolve {tunnel.host}") from e
-        allowed = [a for a in addresses
-                   if tunnel_refusal(a, tunnel.port, self.client, self.context.is_own) is None]
+        if not addresses:
+            raise _Unreachable(502, f"cannot resolve {tunnel.host}: no address")
+        refusals = [tunnel_refusal(a, tunnel.port, self.client, self.context.is_own)
+                    for a in addresses]
+        allowed = [a for a, why in zip(addresses, refusals) if why is None]
         if not allowed:
-            why = tunnel_refusal(addresses[0], tunnel.port, self.client,
-                                 self.context.is_own) if addresses else "it has no address"
-            raise _Unreachable(403, f"no tunnel to {self.target}: {why}")
+            raise _Unreachable(403, f"no tunnel to {self.target}: {refusals[0]}")
         return await self._dial_any(allowed[:2], tunnel.port)
 
     async def _dial_any(self, addresses: list[str], port: int) -> "_UpstreamEnd":
@@ -432,7 +473,7 @@ class ProxyProtocol(Protocol):
             endpoint = kind(self.reactor, address, port, timeout=self.context.connect_timeout)
             try:
                 return await endpoint.connect(_UpstreamFactory(self))
-            except (error.ConnectError, OSError) as e:
+            except (error.ConnectError, error.TimeoutError, OSError) as e:
                 if i == len(addresses) - 1:
                     status = 504 if isinstance(e, error.TimeoutError) else 502
                     raise _Unreachable(status, f"cannot connect to {self.target}: {e}") from e
@@ -448,6 +489,8 @@ class ProxyProtocol(Protocol):
         log.info("proxy: {client} CONNECT {target} tunnelled", client=self.client,
                  target=self.target)
         self.transport.write(ESTABLISHED)
+        for transport in (self.transport, upstream.transport):  # no idle timeout, but a
+            transport.setTcpKeepAlive(True)  # peer that vanished is noticed (in hours)
         # Each side stops reading while the other cannot take more (portforward's pattern).
         self.transport.registerProducer(upstream.transport, True)
         upstream.transport.registerProducer(self.transport, True)
@@ -457,7 +500,7 @@ class ProxyProtocol(Protocol):
             upstream.transport.write(pending)
         self.transport.resumeProducing()
 
-    def _tunnel_failed(self, failure: Failure) -> None:
+    def _tunnel_failed(self, failure: Failure) -> Failure | None:
         self._connecting = None
         if failure.check(defer.CancelledError) or self.state != "connecting":
             return None
@@ -530,9 +573,10 @@ def _close(transport: Any) -> None:
 
 
 class _ChannelWatch:
-    """The protocol TLS delivers to on an intercepted connection: the site's channel, with
-    an eye on why the connection ended (the TLS layer reports its handshake failure here,
-    not to the transport), to notice a client rejecting our certificate."""
+    """What the TLS layer of an intercepted connection wraps: the site's channel, with an
+    eye on why the connection ended (the TLS layer reports a failed handshake to the
+    protocol it wraps, not to the transport), to notice a client rejecting our
+    certificate.  Everything else is the channel's."""
 
     def __init__(self, channel: Any, proxy: ProxyProtocol, host: str) -> None:
         self.channel, self.proxy, self.host = channel, proxy, host

@@ -22,15 +22,16 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from gateway.config import Config
+from tests.clients import need
 from tests.conftest import RunningGateway, gateway_config
-try:  # TEMP: need() is moving from conftest to tests/clients.py in another session
-    from tests.clients import need
-except ImportError:
-    from tests.conftest import need  # type: ignore[attr-defined,no-redef]
 from tests.fixtures import FILES_HOST, PYPI_HOST, Fixtures, build_fixtures
 from tests.origin import Origin
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+# Trust settings that would add to (or, for requests' REQUESTS_CA_BUNDLE, override) the CA
+# a test names: clients here trust our CA only.
+TRUST_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                   "NODE_EXTRA_CA_CERTS", "PIP_CERT", "NPM_CONFIG_CAFILE")
 SIMPLE_A = "/simple/cachegate-fixture-a/"
 
 
@@ -42,8 +43,9 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without the machine's proxy settings."""
-    env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARIABLES}
+    """The environment without the machine's proxy and trust settings."""
+    env = {k: v for k, v in os.environ.items()
+           if k.lower() not in PROXY_VARIABLES and k.upper() not in TRUST_VARIABLES}
     return {**env, **extra}
 
 
