@@ -10,8 +10,9 @@ fast", never "wrong".
 
 from __future__ import annotations
 
-from twisted.internet import tcp
 from twisted.web import http
+
+from gateway.streaming import plain_tcp
 
 # The head of a request we parse ourselves; longer ones go to twisted.web.
 MAX_HEAD = 8192
@@ -72,4 +73,4 @@ class GatewayChannel(http.HTTPChannel):
         return (not self.requests and not self._handlingRequest and self.persistent
                 and not self._buffer and self.line_mode
                 and bool(self._HTTPChannel__first_line)  # type: ignore[attr-defined]
-                and not getattr(self, "_waitingForTransport", False) and isinstance(self.transport, tcp.Server))
+                and not self._waitingForTransport and plain_tcp(self.transport))

@@ -25,6 +25,11 @@ CHUNK = 256 * 1024
 MIN_FOLLOW = 128 * 1024
 
 
+def plain_tcp(transport: object) -> bool:
+    """A TCP connection without TLS (not even one upgraded by ``startTLS``)."""
+    return isinstance(transport, tcp.Server) and not transport.TLS
+
+
 @implementer(IPushProducer)
 class FileStreamer:
     """Writes bytes ``start..end`` (inclusive; ``end`` None = until the download ends) of
@@ -50,7 +55,7 @@ class FileStreamer:
         if self.download is not None:
             self.download.watch(self._pump)
         self.request.write(b"")  # the status line and headers go out now, not with the body
-        if isinstance(self.request.transport, tcp.Server) and not self.request.chunked:
+        if plain_tcp(self.request.transport) and not self.request.chunked:
             self.socket = self.request.transport
         self._pump()
 

@@ -4,7 +4,6 @@ origin (``tests/origin.py``), the only fake in the suite."""
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,8 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import LogLevel, formatEventAsClassicLogText, globalLogPublisher
 
-from gateway.catalogue import BUILTIN
-from gateway.config import CacheConfig, Config, DnsConfig, ServerConfig
-from gateway.service import make_service
+from tests.gateways import RunningGateway, gateway_config
+
 
 def _log_to_current_stderr(event: dict) -> None:
     """Twisted log lines go to whatever sys.stderr is now, so pytest shows them with the
@@ -26,37 +24,6 @@ def _log_to_current_stderr(event: dict) -> None:
 
 
 globalLogPublisher.addObserver(_log_to_current_stderr)
-
-
-def gateway_config(state_dir: Path, origin_url: str, rules: dict | None = None,
-                   https_port: int = 0, http_port: int = 0, **cache: object) -> Config:
-    """Every catalogue entry pointed at ``origin_url/<entry name>``; HTTP on a free port;
-    ``rules`` ({entry name: (Rule, ...)}) tried before an entry's own."""
-    rules = rules or {}
-    upstreams = tuple(replace(u, origin=f"{origin_url}/{u.name}",
-                              rules=rules.get(u.name, ()) + u.rules) for u in BUILTIN)
-    return Config(
-        source="<test>",
-        server=ServerConfig(state_dir=state_dir, listen=("127.0.0.1",), http_port=http_port,
-                            https_port=https_port, proxy_port=0),
-        dns=DnsConfig(port=0, forwarders=("127.0.0.1:9",)),
-        cache=replace(CacheConfig(), **cache),
-        upstreams=upstreams)
-
-
-class RunningGateway:
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.service = make_service(config, reactor)
-        self.service.startService()
-        self.port = self.service.http_ports()[0]
-
-    @property
-    def store(self):  # type: ignore[no-untyped-def]
-        return self.service.store
-
-    def stop(self) -> None:
-        pytest_twisted.blockon(self.service.stopService())
 
 
 @pytest.fixture

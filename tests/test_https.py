@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThread
 
 from gateway.config import Config
 from tests.clients import need
-from tests.conftest import RunningGateway, gateway_config
+from tests.gateways import RunningGateway, gateway_config
 from tests.fixtures import FILES_HOST, PYPI_HOST, Fixtures, build_fixtures
 from tests.origin import Origin
 
