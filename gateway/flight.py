@@ -26,6 +26,7 @@ from gateway.fetcher import Fetcher, header_dict, header_pairs
 from gateway.headers import as_dict, merge_304, replayable, shared_request_headers
 from gateway.keys import parse_vary, variant_key
 from gateway.policy import freshness, store_refusal
+from gateway.progress import watch_progress
 from gateway.store import Entry, Meta, Store
 
 log = Logger()
@@ -108,6 +109,7 @@ class Flights:
             download = Download(self.store.new_partial(), _length(response))
             outcome = Streaming(download, response.code, replayable(header_pairs(response.headers)),
                                 "PASS")
+            watch_progress(self.reactor, download, url)
             self.reactor.callLater(0, self.fetcher.deliver, response, download)
             return outcome
         d = self.fetcher.request(method, url, headers, body)
@@ -247,6 +249,7 @@ class Flight:
             download.on_finish(lambda dl: self._commit(dl, key, response.code, pairs))
         download.on_finish(lambda dl: self._finished(dl))
         self._resolve(Streaming(download, response.code, pairs, "MISS"))
+        watch_progress(self.flights.reactor, download, self.target.url)
         self.flights.fetcher.deliver(response, download)
 
     def _expected_digest(self) -> str | None:

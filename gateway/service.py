@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.application import internet, service
 from twisted.logger import Logger
 
+from dns.responder import ReplyMemo
+from dns.rules import RedirectRules
 from dns.service import dns_services
+from gateway.activity import Activity
 from gateway.addresses import advertised_ipv4, listen_addresses, own_address_guard
-from gateway.catalogue import find_upstream
+from gateway.admin import AdminService
+from gateway.catalogue import Upstream, find_upstream
 from gateway.config import Config
 from gateway.fetcher import Fetcher
 from gateway.flight import Flights
@@ -16,6 +22,7 @@ from gateway.logging import AccessLog
 from gateway.proxy import ProxyFactory, proxy_context
 from gateway.stats import Stats
 from gateway.store import Store
+from gateway.upstream_edits import with_saved_edits
 from tls.ca import permitted_domains
 from tls.context import SNIContexts
 from tls.leaf import LeafCache
@@ -68,11 +75,27 @@ class GatewayService(service.MultiService):
         return name in self.config.dns.local_names or \
             find_upstream(self.config.upstreams, name) is not None
 
+    def replace_upstreams(self, upstreams: tuple[Upstream, ...]) -> None:
+        """Serve this catalogue from now on (run-time edits through the admin API).
+
+        Everything that routes by name reads it: the request handler, ``has_name`` (TLS
+        certificates, the proxy) and the DNS redirects, whose reply memo is emptied since
+        it keeps redirected answers for good.  Requests already routed finish with the
+        entry they started with."""
+        self.config = replace(self.config, upstreams=upstreams)
+        self.gateway.config = self.config
+        rules = RedirectRules.from_catalogue(upstreams, self.config.dns.local_names)
+        for listener in self.dns_listeners:
+            listener.responder.rules = rules
+            listener.responder.memo = ReplyMemo()
+
     def ports(self, kind: str) -> list[int]:
-        """The bound ports of one kind of listener ("http", "https", "proxy", "dns"):
-        useful when configured as 0 in tests."""
+        """The bound ports of one kind of listener ("http", "https", "proxy", "dns",
+        "admin"): useful when configured as 0 in tests."""
         if kind == "dns":
             return [listener.port for listener in self.dns_listeners]
+        if kind == "admin":
+            return [child.port for child in self if isinstance(child, AdminService)]
         if kind == "proxy":
             return [child._port.getHost().port for child in self
                     if type(child) is internet.TCPServer
@@ -94,9 +117,13 @@ class GatewayService(service.MultiService):
 def make_service(config: Config, reactor,  # type: ignore[no-untyped-def]
                  access_log: AccessLog | None = None) -> GatewayService:
     """Every listener of the gateway, ready for ``startService``: DNS (UDP+TCP), HTTP,
-    HTTPS and the explicit proxy (``gateway/proxy.py``) on each listen address.  A port
-    configured as 0 is off (HTTP and DNS: tests may pass 0 to mean "any free port")."""
-    top = GatewayService(config, reactor, access_log)
+    HTTPS and the explicit proxy (``gateway/proxy.py``) on each listen address, and the
+    admin API (``gateway/admin.py``) on ``server.admin``.  A port configured as 0 is off
+    (HTTP, DNS and admin: tests may pass 0 to mean "any free port")."""
+    static_upstreams = config.upstreams
+    config = with_saved_edits(config)  # run-time edits of the catalogue (admin API)
+    activity = Activity(access_log or AccessLog(), reactor.seconds)  # for the status page
+    top = GatewayService(config, reactor, activity)  # type: ignore[arg-type]
     server = config.server
     proxy = ProxyFactory(reactor, proxy_context(top, reactor)) if server.proxy_port else None
     for address in top.addresses:
@@ -110,4 +137,5 @@ def make_service(config: Config, reactor,  # type: ignore[no-untyped-def]
                                reactor=reactor).setServiceParent(top)
     for listener in top.dns_listeners:
         listener.setServiceParent(top)
+    AdminService(top, static_upstreams, activity, reactor).setServiceParent(top)
     return top

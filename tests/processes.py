@@ -22,7 +22,8 @@ def free_port() -> int:
 def toml_config(state_dir: Path, http_port: int, origin_url: str, names: list[str],
                 extra: str = "") -> str:
     lines = ["[server]", f'state_dir = "{state_dir}"', 'listen = ["127.0.0.1"]',
-             f"http_port = {http_port}", "https_port = 0", "", "[dns]", "port = 0",
+             f"http_port = {http_port}", "https_port = 0", f'admin = "127.0.0.1:{free_port()}"',
+             "", "[dns]", "port = 0",
              'forwarders = ["127.0.0.1:9"]', "", extra, ""]
     for name in names:
         lines += [f"[upstreams.{name}]", f'origin = "{origin_url}/{name}"', ""]
