@@ -10,12 +10,20 @@ fast", never "wrong".
 
 from __future__ import annotations
 
+from twisted.logger import Logger
 from twisted.web import http
 
 from gateway.streaming import plain_tcp
 
+log = Logger()
+
 # The head of a request we parse ourselves; longer ones go to twisted.web.
 MAX_HEAD = 8192
+# Seconds a client has to send a whole request head once its first byte arrived.
+# twisted.web's own timeout is an idle timeout, reset by every byte, so a client
+# trickling one header line every few seconds (slowloris) would hold a connection
+# forever; nginx's client_header_timeout is 60 s, but our clients are local builds.
+HEADER_TIMEOUT = 30.0
 # A plain dict: ``twisted.web.http`` is wrapped in a deprecation proxy that makes every
 # attribute access slow.
 _REASONS = {code: reason.decode("latin-1") for code, reason in http.RESPONSES.items()}
@@ -54,7 +62,10 @@ def response_head(status: int, pairs: list[tuple[str, str]], extra: list[tuple[s
 
 
 class GatewayChannel(http.HTTPChannel):
-    """HTTP/1.1 channel that offers each request to the fast path before twisted.web."""
+    """HTTP/1.1 channel that offers each request to the fast path before twisted.web,
+    gives each request head ``HEADER_TIMEOUT`` seconds, and refuses obs-fold."""
+
+    _head_timer = None
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._at_request_boundary():
@@ -66,7 +77,48 @@ class GatewayChannel(http.HTTPChannel):
                     self.resetTimeout()
                     self.transport.write(response)
                     return
+        self._start_head_timer()
         super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:  # noqa: N802
+        self._start_head_timer()  # also for a pipelined head already buffered
+        if line[:1] in (b" ", b"\t") and not self._HTTPChannel__first_line:  # type: ignore[attr-defined]
+            # obs-fold (RFC 9112 5.2): folding is how a header hides from one parser and
+            # not another; rejecting it is allowed and what nginx does.
+            log.warn("{client}: obs-fold header line: 400", client=self._peer_host())
+            self._cancel_head_timer()
+            self._respondToBadRequestAndDisconnect()
+            return
+        super().lineReceived(line)
+
+    def allHeadersReceived(self) -> None:  # noqa: N802
+        self._cancel_head_timer()
+        super().allHeadersReceived()
+
+    def connectionLost(self, reason) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
+        self._cancel_head_timer()
+        super().connectionLost(reason)
+
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None and self.line_mode:
+            self._head_timer = self.callLater(HEADER_TIMEOUT, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            if self._head_timer.active():
+                self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        log.warn("{client}: request head not complete in {seconds} s: 408",
+                 client=self._peer_host(), seconds=HEADER_TIMEOUT)
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                             b"Content-Length: 0\r\n\r\n")
+        self.transport.loseConnection()
+
+    def _peer_host(self) -> str:
+        return getattr(self.transport.getPeer(), "host", "?")
 
     def _at_request_boundary(self) -> bool:
         """Idle between requests on plain TCP, with nothing buffered or queued."""
