@@ -93,10 +93,9 @@ class Gateway:
                  client: str) -> bytes | None:
         """The whole response to a plain-TCP request that is a fresh hit on a small object
         and asks nothing special (see ``fast_path``); None sends it down the normal path."""
-        raw_host = headers.get("host", "")
-        host = (raw_host.rsplit(":", 1)[0] if raw_host.count(":") == 1 else raw_host).lower()
+        host = host_of(headers.get("host", ""))
         path = normalise_path(target)
-        upstream = find_upstream(self.config.upstreams, host)
+        upstream = find_upstream(self.config.upstreams, host) if host else None
         if path is None or upstream is None or host in self.config.dns.local_names:
             return None
         rule = upstream.rule_for(path)
@@ -332,6 +331,15 @@ def _client(request: server.Request) -> str:
     return getattr(peer, "host", "?")
 
 
+def host_of(raw_host: str) -> str | None:
+    """The name in a ``Host`` header (lower case, without the port); None when the port
+    is not a number (``pypi.org:80@evil``: a confused parser's idea of another host)."""
+    name, sep, port = raw_host.rpartition(":") if raw_host.count(":") == 1 else (raw_host, "", "")
+    if sep and not (port.isdigit() and port.isascii()):
+        return None
+    return name.lower()
+
+
 def request_target(request: server.Request) -> tuple[str, str] | None:
     """(host, path-and-query) from an origin-form request and its Host header, or from
     an absolute-form ``http://`` request (clients with ``http_proxy`` set); None if bad."""
@@ -341,8 +349,7 @@ def request_target(request: server.Request) -> tuple[str, str] | None:
         host, path = parts.hostname or "", (parts.path or "/") + (
             f"?{parts.query}" if parts.query else "")
     else:
-        raw_host = request.getHeader("host") or ""
-        host, path = raw_host.rsplit(":", 1)[0] if raw_host.count(":") == 1 else raw_host, uri
+        host, path = host_of(request.getHeader("host") or "") or "", uri
     host = host.lower().rstrip(".")
     path = normalise_path(path)
     if not host or path is None:
