@@ -15,9 +15,11 @@ from tests.gateways import RunningGateway, gateway_config
 
 
 def _log_to_current_stderr(event: dict) -> None:
-    """Twisted log lines go to whatever sys.stderr is now, so pytest shows them with the
-    failing test they belong to."""
-    if event.get("log_level", LogLevel.info) >= LogLevel.info:
+    """Our log lines (and Twisted's warnings) go to whatever sys.stderr is now, so pytest
+    shows them with the failing test they belong to."""
+    level = event.get("log_level", LogLevel.info)
+    if level >= LogLevel.warn or (level == LogLevel.info and
+                                  not event.get("log_namespace", "").startswith("twisted.")):
         sys.stderr.write(formatEventAsClassicLogText(event) or "")
         if event.get("log_failure"):
             sys.stderr.write(event["log_failure"].getTraceback())
