@@ -47,7 +47,7 @@ from gateway.config import ConfigError
 from gateway.metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway.metrics import metrics_registry, render
 from gateway.status_page import render_status
-from gateway.store import MODE_OBJECT, Store
+from gateway.store import MODE_OBJECT, Entry, Store
 from gateway.upstream_edits import apply_edits, describe, load_edits, save_edits
 from tls.ca import missing_domains, permitted_domains
 
@@ -149,20 +149,7 @@ class AdminAPI:
         }
 
     def cache_list(self, ecosystem: str | None, prefix: str | None, limit: int) -> dict[str, Any]:
-        matches = sorted(self._matching(ecosystem, prefix), key=lambda e: e.key)
-        shown = matches if limit == 0 else matches[:limit]
-        return {"count": len(matches), "bytes": sum(e.meta.length for e in matches),
-                "truncated": len(shown) < len(matches),
-                "entries": [_entry_json(e) for e in shown]}
-
-    def _matching(self, ecosystem: str | None, prefix: str | None):  # type: ignore[no-untyped-def]
-        prefix = _strip_scheme(prefix) if prefix else None
-        for entry in self.top.store.entries():
-            if ecosystem is not None and entry.meta.ecosystem != ecosystem:
-                continue
-            if prefix is not None and not entry.meta.url.startswith(prefix):
-                continue
-            yield entry
+        return list_cache(self.top.store, ecosystem, prefix, limit)
 
     def upstreams(self) -> dict[str, Any]:
         edits = load_edits(self.top.config.server.state_dir)
@@ -178,11 +165,11 @@ class AdminAPI:
     # -- changing ------------------------------------------------------------------------
 
     def cache_clear(self, ecosystem: str | None, prefix: str | None) -> dict[str, Any]:
-        matches = list(self._matching(ecosystem, prefix))
-        deleted = sum(1 for entry in matches if self.top.store.delete(entry.key))
+        result = clear_cache(self.top.store, ecosystem, prefix)
         log.info("admin: cleared {count} cached objects (ecosystem={ecosystem}, "
-                 "prefix={prefix})", count=deleted, ecosystem=ecosystem, prefix=prefix)
-        return {"deleted": deleted, "bytes": sum(e.meta.length for e in matches)}
+                 "prefix={prefix})", count=result["deleted"], ecosystem=ecosystem,
+                 prefix=prefix)
+        return result
 
     @defer.inlineCallbacks
     def cache_verify(self):  # type: ignore[no-untyped-def]
@@ -243,7 +230,35 @@ class AdminAPI:
             raise ApiError(403, "address the admin API by IP or localhost to change anything")
 
 
-def _entry_json(entry) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+# -- the store's objects, selected by ecosystem and URL prefix (also the CLI's offline path)
+
+def select_entries(store: Store, ecosystem: str | None, prefix: str | None) -> list[Entry]:
+    """Stored objects of ``ecosystem`` whose URL (host + path) starts with ``prefix``
+    (``None``: any; a leading ``http(s)://`` is ignored), sorted by key."""
+    prefix = _strip_scheme(prefix) if prefix else None
+    return sorted((e for e in store.entries()
+                   if (ecosystem is None or e.meta.ecosystem == ecosystem)
+                   and (prefix is None or e.meta.url.startswith(prefix))),
+                  key=lambda e: e.key)
+
+
+def list_cache(store: Store, ecosystem: str | None, prefix: str | None,
+               limit: int = 0) -> dict[str, Any]:
+    """The ``GET /api/cache`` document; ``limit=0``: every match."""
+    matches = select_entries(store, ecosystem, prefix)
+    shown = matches if limit == 0 else matches[:limit]
+    return {"count": len(matches), "bytes": sum(e.meta.length for e in matches),
+            "truncated": len(shown) < len(matches), "entries": [entry_json(e) for e in shown]}
+
+
+def clear_cache(store: Store, ecosystem: str | None, prefix: str | None) -> dict[str, Any]:
+    """Delete the selected objects: the ``DELETE /api/cache`` document."""
+    matches = select_entries(store, ecosystem, prefix)
+    deleted = [e for e in matches if store.delete(e.key)]
+    return {"deleted": len(deleted), "bytes": sum(e.meta.length for e in deleted)}
+
+
+def entry_json(entry: Entry) -> dict[str, Any]:
     meta = entry.meta
     return {"key": entry.key, "url": meta.url, "ecosystem": meta.ecosystem,
             "status": meta.status, "length": meta.length, "sha256": meta.sha256,
