@@ -40,7 +40,6 @@ from gateway.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from gateway.humanize import human_bytes, human_duration, percent
 from gateway.logging import AccessLog, LineObserver
 from gateway import trust
-from gateway import trust
 from tls.ca import CAError
 
 log = Logger()
@@ -68,7 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="debug logging, and tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    trust.add_parser(commands)
     trust.add_parser(commands)
     commands.add_parser("serve", help="run the gateway in the foreground",
                         description="Run every listener until SIGTERM/SIGINT; tell systemd "
@@ -154,8 +152,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.state_dir is not None:
             config = replace(config, server=replace(config.server,
                                                     state_dir=args.state_dir.expanduser()))
-        if args.command == "trust":
-            return trust.run(args, config)
         if args.command == "trust":
             return trust.run(args, config)
         return COMMANDS[args.command](config, args)
