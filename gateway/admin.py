@@ -42,6 +42,7 @@ from twisted.web.resource import Resource
 
 from gateway import verify
 from gateway.activity import Activity
+from gateway.admin_client import TOKEN_FILE
 from gateway.catalogue import BUILTIN, Upstream
 from gateway.config import ConfigError
 from gateway.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -53,7 +54,6 @@ from tls.ca import missing_domains, permitted_domains
 
 log = Logger()
 
-TOKEN_FILE = "admin.token"
 MAX_BODY = 64 * 1024  # an upstream table is a few hundred bytes
 LIST_LIMIT = 1000  # GET /api/cache entries unless ?limit= says otherwise
 TOP_OBJECTS = 10

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from gateway.admin import TOKEN_FILE
 from gateway.config import Config
+
+# In the state directory, 0600: the admin API's bearer token (gateway/admin.py makes it).
+TOKEN_FILE = "admin.token"
 
 
 class GatewayDown(Exception):

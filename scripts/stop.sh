@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Undo scripts/start.sh: put Docker's daemon.json back exactly as it was (and restart
+# Docker), then stop the gateway. Idempotent: with nothing to undo it says so and exits 0.
+# Same environment variables as start.sh.
+set -Eeuo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${CACHEGATE_VENV:-$repo/.venv}
+daemon_json=${CACHEGATE_DOCKER_DAEMON_JSON:-/etc/docker/daemon.json}
+timeout=${CACHEGATE_TIMEOUT:-60}
+config_args=()
+if [[ -n ${CACHEGATE_CONFIG:-} ]]; then config_args=(--config "$CACHEGATE_CONFIG"); fi
+
+error() { echo "error: $*" >&2; exit 1; }
+say() { echo "cachegate: $*"; }
+trap 'error "${BASH_SOURCE[0]}: line $LINENO: $BASH_COMMAND failed"' ERR
+
+use_systemd() {
+  case ${CACHEGATE_SYSTEMD:-auto} in
+    yes) true ;;
+    no) false ;;
+    *) [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null ;;
+  esac
+}
+
+unit_installed() { use_systemd && systemctl cat cachegate.service >/dev/null 2>&1; }
+
+docker_present() { command -v docker >/dev/null || command -v dockerd >/dev/null; }
+
+gateway_pid() {  # the pid in the pid file, if that process is a live cachegate
+  local pid
+  [[ -f $pid_file ]] || return 1
+  pid=$(<"$pid_file")
+  [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/cmdline ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q cachegate
+  echo "$pid"
+}
+
+is_running() {  # alive, and not a zombie waiting for its reaper (kill -0 says yes to one)
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z ]]
+}
+
+restart_docker() {
+  if use_systemd; then
+    systemctl restart docker
+  elif command -v service >/dev/null; then
+    service docker restart
+  else
+    error "cannot restart Docker (no systemctl or service): restart it by hand"
+  fi
+  local waited=0
+  until docker info >/dev/null 2>&1; do
+    ((waited++ < timeout * 2)) || error "Docker did not answer within ${timeout}s after the restart"
+    sleep 0.5
+  done
+  say "Docker restarted and answering"
+}
+
+restore_docker() {
+  local result
+  result=$("$py" -m gateway.hostsetup restore-dns "$daemon_json")
+  case $result in
+    restored) say "restored $daemon_json as it was before start.sh" ;;
+    removed) say "removed $daemon_json (there was none before start.sh)" ;;
+    *) say "$daemon_json was not changed by start.sh: left as it is"; return ;;
+  esac
+  if docker_present; then
+    restart_docker
+  else
+    say "Docker is not installed: nothing to restart"
+  fi
+}
+
+stop_gateway() {
+  if unit_installed && systemctl is-active --quiet cachegate.service; then
+    systemctl stop cachegate.service
+    say "stopped cachegate.service"
+    return
+  fi
+  local pid waited=0
+  if ! pid=$(gateway_pid); then
+    rm -f "$pid_file"
+    say "the gateway is not running"
+    return
+  fi
+  kill -TERM "$pid"
+  while is_running "$pid"; do
+    if ((waited++ >= timeout * 10)); then
+      kill -KILL "$pid" 2>/dev/null || true
+      echo "warning: the gateway (pid $pid) ignored SIGTERM for ${timeout}s: killed" >&2
+      break
+    fi
+    sleep 0.1
+  done
+  rm -f "$pid_file"
+  say "stopped the gateway (pid $pid)"
+}
+
+py=$venv/bin/python
+[[ -x $py ]] || error "$venv is missing: was cachegate started with scripts/start.sh?"
+STATE_DIR=''
+env_lines=$("$py" -m gateway.hostsetup "${config_args[@]}" env)
+eval "$env_lines"  # sets STATE_DIR (and ADMIN_URL), values quoted by the helper
+pid_file=$STATE_DIR/cachegate.pid
+restore_docker
+stop_gateway
