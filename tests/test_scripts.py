@@ -236,3 +236,88 @@ def test_scripts_are_shellcheck_clean():
     need(shellcheck, "shellcheck not installed (Debian package shellcheck)")
     done = subprocess.run([shellcheck, str(START), str(STOP)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
+
+
+# -- systemd/cachegate.service ---------------------------------------------------------------
+
+UNIT = REPO / "systemd" / "cachegate.service"
+INSTALLED_BINARY = "/opt/cachegate/bin/cachegate"
+
+
+def systemd_analyze() -> str:
+    path = shutil.which("systemd-analyze")
+    need(path, "systemd-analyze not installed (Debian package systemd)")
+    return path  # type: ignore[return-value]
+
+
+def unit_here(tmp_path: Path, text: str | None = None) -> Path:
+    """The unit with ExecStart aimed at this checkout's venv: verify checks the binary
+    exists, and /opt/cachegate is where the install instructions put it."""
+    text = text if text is not None else UNIT.read_text()
+    assert INSTALLED_BINARY in text
+    path = tmp_path / "cachegate.service"
+    path.write_text(text.replace(INSTALLED_BINARY, str(REPO / ".venv" / "bin" / "cachegate")))
+    return path
+
+
+def verify_unit(path: Path) -> str:
+    """systemd-analyze verify's complaints: a warning (e.g. an unknown key) still exits 0."""
+    done = subprocess.run([systemd_analyze(), "verify", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    return f"rc {done.returncode}: {done.stderr}" if done.returncode or done.stderr else ""
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def test_the_unit_passes_systemd_analyze_verify_and_security(tmp_path):
+    assert verify_unit(unit_here(tmp_path)) == ""
+    done = subprocess.run([systemd_analyze(), "security", "--offline=yes", "--threshold=20",
+                           str(unit_here(tmp_path))], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout[-3000:]  # exposure 2.0 or better ("OK")
+
+
+def test_a_broken_unit_fails_the_same_check(tmp_path):
+    typo = UNIT.read_text().replace("ProtectSystem=strict", "ProtectSytem=strict")
+    assert "ProtectSytem" in verify_unit(unit_here(tmp_path, typo))
+
+
+def test_the_unit_runs_serve_as_a_dedicated_sandboxed_notify_service():
+    from gateway.cli import build_parser
+
+    settings = unit_settings(UNIT.read_text())
+    wanted = {"Type": "notify", "DynamicUser": "yes", "User": "cachegate",
+              "StateDirectory": "cachegate", "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
+              "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE", "NoNewPrivileges": "yes",
+              "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes"}
+    assert {key: settings.get(key, [None])[0] for key in wanted} == wanted
+    binary, *argv = settings["ExecStart"][0].split()
+    assert binary == INSTALLED_BINARY
+    args = build_parser().parse_args(argv)
+    assert args.command == "serve" and str(args.state_dir) == "/var/lib/cachegate"
+
+
+def test_serve_tells_systemd_it_is_ready_once_every_listener_is_up(tmp_path):
+    h = Host(tmp_path)
+    http_port = int(h.config.read_text().split("http_port = ")[1].split()[0])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify"))
+        notify.settimeout(60)
+        env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+        proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "cachegate"), "--config",
+                                 str(h.config), "serve"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            assert notify.recv(256) == b"READY=1"
+            for port in (http_port, h.admin_port):  # already accepting, no retry
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            assert h.healthy()
+        finally:
+            proc.terminate()
+            proc.wait(30)
