@@ -19,6 +19,7 @@ from gateway.fetcher import Fetcher
 from gateway.flight import Flights
 from gateway.handler import Gateway, GatewayResource, GatewaySite
 from gateway.logging import AccessLog
+from gateway.passthrough import PassthroughFactory
 from gateway.proxy import ProxyFactory, proxy_context
 from gateway.stats import Stats
 from gateway.store import Store
@@ -100,9 +101,9 @@ class GatewayService(service.MultiService):
             return [child._port.getHost().port for child in self
                     if type(child) is internet.TCPServer
                     and isinstance(child.args[1], ProxyFactory)]
-        cls = internet.SSLServer if kind == "https" else internet.TCPServer
+        site = getattr(self, "passthrough", None) if kind == "https" else self.site
         return [child._port.getHost().port for child in self
-                if type(child) is cls and child.args[1] is self.site]
+                if type(child) is internet.TCPServer and child.args[1] is site]
 
     def http_ports(self) -> list[int]:
         return self.ports("http")
@@ -125,12 +126,15 @@ def make_service(config: Config, reactor,  # type: ignore[no-untyped-def]
     activity = Activity(access_log or AccessLog(), reactor.seconds)  # for the status page
     top = GatewayService(config, reactor, activity)  # type: ignore[arg-type]
     server = config.server
-    proxy = ProxyFactory(reactor, proxy_context(top, reactor)) if server.proxy_port else None
+    context = proxy_context(top, reactor)
+    proxy = ProxyFactory(reactor, context) if server.proxy_port else None
+    # HTTPS: the ClientHello is read first, so a client rejecting our CA gets a tunnel.
+    top.passthrough = PassthroughFactory(top, reactor, context.is_own)
     for address in top.addresses:
         internet.TCPServer(server.http_port, top.site, interface=address,
                            reactor=reactor).setServiceParent(top)
         if server.https_port:
-            internet.SSLServer(server.https_port, top.site, top.tls.options, interface=address,
+            internet.TCPServer(server.https_port, top.passthrough, interface=address,
                                reactor=reactor).setServiceParent(top)
         if proxy is not None:
             internet.TCPServer(server.proxy_port, proxy, interface=address,
