@@ -9,9 +9,9 @@ error() { echo "error: $*" >&2; exit 1; }
 # Debian packages the tests drive: dig for DNS, real package clients (mvn resolves its
 # dependency plugin from Debian's maven-repo: Central is not reachable from tests), gpg to
 # sign the fixture apt repository, shellcheck, chromium (the status page), systemd
-# (systemd-analyze verify on the unit).
+# (systemd-analyze verify on the unit), ip for the end-to-end tests' network namespaces.
 DEBS=(bind9-dnsutils curl openssl apt dpkg gpg maven libmaven-dependency-plugin-java junit4
-      shellcheck chromium systemd)
+      shellcheck chromium systemd iproute2)
 missing=()
 for deb in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "ok installed" || missing+=("$deb")
