@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import sys
 import time
 
 import pytest
@@ -222,3 +223,30 @@ async def until(condition, seconds: float = 5.0) -> None:  # type: ignore[no-unt
         if condition():
             return
         await task.deferLater(reactor, 0.02, lambda: None)
+
+
+# pip resolving pypi.org to the gateway, as a container's DNS (cachegate) would have it.
+PIP_AT_GATEWAY = """
+import socket, sys
+real = socket.getaddrinfo
+socket.getaddrinfo = lambda host, *a, **k: real(
+    "127.0.0.1" if host == "pypi.org" else host, *a, **k)
+from pip._internal.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_pip_own_retries_get_through_the_tunnel(
+        start_tls_gateway, https_origin, public_origin):  # noqa: F811
+    gateway = start_tls_gateway(https_origin.url)
+    point_tunnels_at(gateway, public_origin[0])
+    done = await run([sys.executable, "-c", PIP_AT_GATEWAY, "index", "versions",
+                      "cachegate-fixture-a", "--disable-pip-version-check", "--retries", "3",
+                      "--timeout", "10", "--cert", str(public_origin[1]),
+                      "--index-url", f"https://pypi.org:{gateway.https_port}/simple/"])
+    ok(done)
+    assert "cachegate-fixture-a" in done.stdout
+    assert "Retrying" in done.stderr and "CERTIFICATE_VERIFY_FAILED" in done.stderr
+    stats = gateway.service.passthrough.stats.as_dict()
+    assert stats["rejected"] == 1 and stats["tunnelled"] >= 1
