@@ -10,6 +10,7 @@ sees a complete-looking body that fails verification.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from typing import Callable
@@ -20,6 +21,12 @@ from twisted.python.failure import Failure
 log = Logger()
 
 Watcher = Callable[[], None]
+
+# A full cache filesystem must not fail a build: the rest of the body is streamed through
+# from memory, never stored.  Past this many bytes held for the slowest reader the upstream
+# is paused (TCP pushes back on it), and resumed below half of it.
+MAX_SPILL = 4 * 2**20
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class VerificationError(Exception):
@@ -42,6 +49,14 @@ class Download:
         self._read_fd: int | None = os.open(path, os.O_RDONLY)
         self._watchers: list[Watcher] = []
         self._on_finish: list[Callable[["Download"], None]] = []
+        # Disk full: bytes from ``on_disk`` on live in ``_tail`` (from ``_tail_start``).
+        self.spilled = False
+        self.on_disk = 0
+        self._tail = bytearray()
+        self._tail_start = 0
+        self._positions: dict[Watcher, int] = {}
+        self._producer = None  # the upstream body's transport, to pause when spilling
+        self._paused = False
 
     @property
     def finished(self) -> bool:
@@ -55,22 +70,81 @@ class Download:
 
     # -- the writing side (a fetcher's body sink) ---------------------------------------
 
+    def attach_producer(self, producer) -> None:  # type: ignore[no-untyped-def]
+        """The upstream body's transport: paused while spilled bytes pile up."""
+        self._producer = producer
+
     def write(self, data: bytes) -> None:
         if self.finished:
             return
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._write_fd, view):]
-        except OSError as e:
-            log.error("cannot write download {path}: {error}", path=self.path, error=e)
-            self.finish(Failure(e))
-            return
+        if self.spilled:
+            self._tail += data
+        else:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._write_fd, view):]
+            except OSError as e:
+                if e.errno not in _DISK_FULL:
+                    log.error("cannot write download {path}: {error}", path=self.path, error=e)
+                    self.finish(Failure(e))
+                    return
+                self._spill(bytes(view), e)
         self.size += len(data)
         self.sha256.update(data)
         if self._blake2b is not None:
             self._blake2b.update(data)
         self._notify()
+        if self.spilled:
+            self._trim()
+
+    def _spill(self, unwritten: bytes, error: OSError) -> None:
+        log.error("cache filesystem full ({error}): streaming {path} through without "
+                  "storing it", error=error.strerror, path=self.path)
+        self.spilled = True
+        self.on_disk = self._tail_start = os.fstat(self._write_fd).st_size
+        self._tail += unwritten
+
+    def read_spilled(self, pos: int, size: int) -> bytes:
+        """Bytes from ``pos`` (at or past ``on_disk``) held in memory; b"" if trimmed."""
+        if pos < self._tail_start:
+            return b""
+        start = pos - self._tail_start
+        return bytes(self._tail[start:start + size])
+
+    def position(self, watcher: Watcher, pos: int) -> None:
+        """A reader's progress: spilled bytes every reader has sent are dropped."""
+        self._positions[watcher] = pos
+        if self.spilled:
+            self._trim()
+
+    def _trim(self) -> None:
+        lowest = min(self._positions.values(), default=self._tail_start + len(self._tail))
+        drop = min(len(self._tail), lowest - self._tail_start)
+        if drop > 0:
+            del self._tail[:drop]
+            self._tail_start += drop
+        self._push_back()
+
+    def _push_back(self) -> None:
+        if self._producer is None or self.finished:
+            return
+        if not self._paused and len(self._tail) > MAX_SPILL:
+            self._paused = True
+            self._producer.pauseProducing()
+        elif self._paused and len(self._tail) < MAX_SPILL // 2:
+            self._paused = False
+            self._producer.resumeProducing()
+
+    def joinable(self) -> bool:
+        """Whether a new reader from byte 0 can still get every byte (spilled bytes are
+        dropped once the readers present have sent them)."""
+        return not self.spilled or self._tail_start == self.on_disk
+
+    @property
+    def storable(self) -> bool:
+        """Complete, verified and wholly on disk."""
+        return self.done and not self.spilled
 
     def finish(self, failure: Failure | None) -> None:
         if self.finished:
@@ -122,6 +196,9 @@ class Download:
     def unwatch(self, watcher: Watcher) -> None:
         if watcher in self._watchers:
             self._watchers.remove(watcher)
+        self._positions.pop(watcher, None)
+        if self.spilled:
+            self._trim()
 
     def _notify(self) -> None:
         for watcher in list(self._watchers):

@@ -150,6 +150,9 @@ class _BodyReceiver(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802
         self.timer = self.reactor.callLater(self.idle_timeout, self._idle)
+        attach = getattr(self.sink, "attach_producer", None)
+        if attach is not None:  # a sink that may need to push back (a full disk)
+            attach(self.transport)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.timer is not None and self.timer.active():

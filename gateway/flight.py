@@ -260,7 +260,7 @@ class Flight:
 
     def _commit(self, download: Download, key: str, status: int,
                 pairs: list[tuple[str, str]]) -> None:
-        if not download.done:
+        if not download.storable:  # failed, or streamed through a full disk
             return
         meta = self._meta(status, pairs, download.size, download.sha256.hexdigest())
         previous = self.stale.meta.sha256 if self.stale is not None else None

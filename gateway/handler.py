@@ -215,6 +215,8 @@ class Gateway:
 
     def _serve_download(self, ex: Exchange, outcome: Streaming) -> None:
         download = outcome.download
+        if not download.joinable():  # a full disk dropped bytes it needs: its own fetch
+            return self._relay(ex)
         try:
             fd = download.open_reader()
         except AssertionError:  # finished between join and now: look again

@@ -54,6 +54,7 @@ class FileStreamer:
         self.request.notifyFinish().addErrback(lambda _: self._close(completed=False))
         if self.download is not None:
             self.download.watch(self._pump)
+            self.download.position(self._pump, self.pos)
         self.request.write(b"")  # the status line and headers go out now, not with the body
         if plain_tcp(self.request.transport) and not self.request.chunked:
             self.socket = self.request.transport
@@ -94,6 +95,11 @@ class FileStreamer:
         return limit - self.pos >= MIN_FOLLOW or (self.end is not None and limit == self.end + 1)
 
     def _send(self, size: int) -> None:
+        download = self.download
+        if download is not None and download.spilled:
+            if self.pos >= download.on_disk:
+                return self._send_spilled(size)
+            size = min(size, download.on_disk - self.pos)
         if self.socket is not None:
             return self._sendfile(size)
         data = os.pread(self.fd, size, self.pos)
@@ -104,6 +110,17 @@ class FileStreamer:
         self.pos += len(data)
         self.sent += len(data)
         self.request.write(data)
+
+    def _send_spilled(self, size: int) -> None:
+        """Bytes the full disk could not take, from the download's memory."""
+        data = self.download.read_spilled(self.pos, size)
+        if not data:
+            log.error("spilled bytes at {pos} already dropped", pos=self.pos)
+            return self._abort()
+        self.pos += len(data)
+        self.sent += len(data)
+        self.request.write(data)
+        self.download.position(self._pump, self.pos)
 
     def _sendfile(self, size: int) -> None:
         """Kernel-to-socket copy (``sendfile``): for plain-TCP clients of a body with a
