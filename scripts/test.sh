@@ -11,7 +11,7 @@ error() { echo "error: $*" >&2; exit 1; }
 # sign the fixture apt repository, shellcheck, chromium (the status page), systemd
 # (systemd-analyze verify on the unit), ip for the end-to-end tests' network namespaces.
 DEBS=(bind9-dnsutils curl openssl apt dpkg gpg maven libmaven-dependency-plugin-java junit4
-      shellcheck chromium systemd iproute2)
+      shellcheck chromium systemd iproute2 debootstrap)
 missing=()
 for deb in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "ok installed" || missing+=("$deb")

@@ -1,0 +1,125 @@
+"""``scripts/trust-ca.sh`` inside a real Debian bookworm root filesystem (debootstrap),
+entered with ``chroot``: before it, OpenSSL and Python's certifi reject a certificate
+from our CA; after it, both accept it, and Debian's own ``update-ca-certificates`` run
+later keeps it.
+
+The rootfs is built once and cached as a tarball under ``/var/cache/cachegate-tests/``
+(rebuilt only when missing or when its recipe changes); each test unpacks a fresh copy.
+Needs root (chroot), debootstrap and the Debian mirror (scripts/test.sh installs
+debootstrap; the first build downloads about 60 MB and takes a few minutes)."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.clients import need
+from tests.test_trust_ca_script import SCRIPT, make_ca
+
+CACHE = Path(os.environ.get("CACHEGATE_TEST_CACHE", "/var/cache/cachegate-tests"))
+MIRROR = os.environ.get("CACHEGATE_TEST_MIRROR", "http://deb.debian.org/debian")
+# What the image holds: no curl or pip (their HTTPS checks are the OpenSSL and certifi
+# ones tested here); ca-certificates for update-ca-certificates.
+PACKAGES = ("ca-certificates", "openssl", "python3-certifi")
+RECIPE = f"bookworm minbase {MIRROR} {' '.join(PACKAGES)}"
+TARBALL = CACHE / f"bookworm-{hashlib.sha256(RECIPE.encode()).hexdigest()[:12]}.tar"
+BUILD_SECONDS = 1200
+
+
+def build_tarball() -> Path:
+    """The cached rootfs tarball, built under a lock if missing."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if TARBALL.exists():
+            return TARBALL
+        work = CACHE / "bookworm.partial"
+        shutil.rmtree(work, ignore_errors=True)
+        subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+                        "bookworm", str(work), MIRROR], check=True, capture_output=True,
+                       timeout=BUILD_SECONDS)
+        partial = TARBALL.with_suffix(".tar.partial")
+        subprocess.run(["tar", "-C", str(work), "--exclude=./var/cache/apt/archives/*.deb",
+                        "-cf", str(partial), "."], check=True)
+        os.replace(partial, TARBALL)
+        shutil.rmtree(work, ignore_errors=True)
+        return TARBALL
+
+
+@pytest.fixture(scope="module")
+def tarball() -> Path:
+    need(os.geteuid() == 0, "chroot needs root")
+    need(shutil.which("debootstrap"), "debootstrap not installed")
+    return build_tarball()
+
+
+@pytest.fixture
+def rootfs(tarball, tmp_path) -> Path:  # type: ignore[no-untyped-def]
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    subprocess.run(["tar", "-C", str(root), "-xf", str(tarball)], check=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    return make_ca(tmp_path_factory.mktemp("ca"), "pypi.org")
+
+
+def inside(root: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["chroot", str(root), *argv], capture_output=True, text=True,
+                          timeout=120, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+
+def put(root: Path, ca: tuple[Path, Path]) -> None:
+    work = root / "tmp/trust"
+    work.mkdir(parents=True)
+    shutil.copy(SCRIPT, work / "trust-ca.sh")
+    shutil.copy(ca[0], work / "ca.crt")
+    shutil.copy(ca[1], work / "leaf.crt")
+
+
+CERTIFI_CHECK = ("import certifi, ssl; c = ssl.create_default_context(cafile=certifi.where());"
+                 "print(any(x['subject'] == ((('commonName', 'pypi.org CA'),),) "
+                 "for x in c.get_ca_certs()))")
+
+
+def test_debian_rootfs_trusts_the_ca_after_the_script(rootfs, ca):
+    put(rootfs, ca)
+    verify = ("openssl", "verify", "-CAfile", "/etc/ssl/certs/ca-certificates.crt",
+              "/tmp/trust/leaf.crt")
+    assert inside(rootfs, *verify).returncode != 0
+    assert inside(rootfs, "python3", "-c", CERTIFI_CHECK).stdout.strip() == "False"
+    done = inside(rootfs, "sh", "/tmp/trust/trust-ca.sh", "/tmp/trust/ca.crt")
+    assert done.returncode == 0, done.stderr
+    assert inside(rootfs, *verify).returncode == 0
+    # OpenSSL's default store (what curl, apt's https and Python's ssl use).
+    assert inside(rootfs, "openssl", "verify", "/tmp/trust/leaf.crt").returncode == 0
+    assert inside(rootfs, "python3", "-c", CERTIFI_CHECK).stdout.strip() == "True"
+    again = inside(rootfs, "sh", "/tmp/trust/trust-ca.sh", "/tmp/trust/ca.crt")
+    assert again.returncode == 0 and again.stdout == done.stdout
+    bundle = (rootfs / "etc/ssl/certs/ca-certificates.crt").read_text()
+    assert bundle.count(ca[0].read_text().strip()) == 1
+
+
+def test_a_later_update_ca_certificates_keeps_it(rootfs, ca):
+    put(rootfs, ca)
+    assert inside(rootfs, "sh", "/tmp/trust/trust-ca.sh", "/tmp/trust/ca.crt").returncode == 0
+    done = inside(rootfs, "update-ca-certificates", "--fresh")
+    assert done.returncode == 0, done.stderr
+    assert inside(rootfs, "openssl", "verify", "/tmp/trust/leaf.crt").returncode == 0
+
+
+def test_rootfs_without_ca_certificates_gets_a_bundle(rootfs, ca):
+    """As in Debian's own images, which do not ship ca-certificates."""
+    shutil.rmtree(rootfs / "etc/ssl/certs")
+    put(rootfs, ca)
+    assert inside(rootfs, "sh", "/tmp/trust/trust-ca.sh", "/tmp/trust/ca.crt").returncode == 0
+    assert inside(rootfs, "openssl", "verify", "/tmp/trust/leaf.crt").returncode == 0
