@@ -15,7 +15,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
