@@ -68,16 +68,23 @@ class ApiError(Exception):
 
 
 def load_or_create_token(state_dir: Path) -> str:
-    """The admin token, created (0600 before a byte is written) on first use."""
+    """The admin token, created on first use: written 0600 (before a byte of it is in
+    the file) to a partial file renamed into place, so it is never seen half-written."""
     path = Path(state_dir) / TOKEN_FILE
-    Path(state_dir).mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if token:
+        return token
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(TOKEN_FILE + ".partial")
+    partial.unlink(missing_ok=True)
     token = secrets.token_urlsafe(32)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
+    os.replace(partial, path)
     log.info("created the admin API token in {path}", path=str(path))
     return token
 
@@ -331,9 +338,12 @@ class AdminResource(Resource):
                 raise ApiError(405, f"{method} not allowed on {path}",
                                {"Allow": ", ".join(sorted(allowed))})
             raise ApiError(404, f"no such endpoint: {path}")
+        # A misspelt filter must not widen what DELETE /api/cache drops; elsewhere a query
+        # is ignored (as scrapers and browsers may add one).
         known = _QUERY_KEYS.get(f"{method} {path}", set())
         unknown = set(query) - known
-        if unknown:
+        if unknown and (f"{method} {path}" in _QUERY_KEYS or method in ("PUT", "DELETE",
+                                                                        "POST")):
             raise ApiError(400, f"unknown query parameter {sorted(unknown)[0]!r}"
                                 f" (known: {', '.join(sorted(known)) or 'none'})")
         if method in ("PUT", "DELETE", "POST"):

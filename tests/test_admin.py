@@ -108,7 +108,7 @@ import stat  # noqa: E402
 from dnslib import DNSRecord  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from gateway.admin import TOKEN_FILE  # noqa: E402
+from gateway.admin import TOKEN_FILE, load_or_create_token  # noqa: E402
 from tests.dns_helpers import UdpClient  # noqa: E402
 from tests.http_client import fetch  # noqa: E402
 
@@ -354,6 +354,8 @@ def test_unknown_paths_and_methods_are_json_errors(bare_origin, admin_gateway):
     assert reply.status == 405 and "GET" in reply.headers["allow"]
     reply = yield admin(gw, "HEAD", "/healthz")
     assert reply.status == 200 and reply.body == b""
+    reply = yield admin(gw, "GET", "/metrics?name[]=cachegate_requests")  # a scraper's query
+    assert reply.status == 200
     nobody = yield admin_json(gw, "GET", "/api/upstreams/nobody", expect=404)
     assert "nobody" in nobody["error"]
 
@@ -393,6 +395,14 @@ def test_beyond_loopback_every_mutation_needs_the_token(bare_origin, admin_gatew
     yield gw.service.stopService()
     again = admin_gateway(bare_origin.url, admin=("0.0.0.0", 0))  # the token is kept
     assert again.service.running and token_file.read_text().strip() == token
+
+
+def test_an_empty_token_file_is_replaced_never_trusted(tmp_path):
+    (tmp_path / TOKEN_FILE).write_text("")  # as a crash mid-write could have left it
+    token = load_or_create_token(tmp_path)
+    assert len(token) >= 32 and (tmp_path / TOKEN_FILE).read_text() == token + "\n"
+    assert stat.S_IMODE(os.stat(tmp_path / TOKEN_FILE).st_mode) == 0o600
+    assert load_or_create_token(tmp_path) == token
 
 
 # -- live progress of long downloads --------------------------------------------------------
