@@ -13,7 +13,12 @@
 # Environment: CACHEGATE_CONFIG (config file; default /etc/cachegate/cachegate.toml when
 # present), CACHEGATE_VENV (default: .venv in the checkout), CACHEGATE_DOCKER_DAEMON_JSON
 # (default /etc/docker/daemon.json), CACHEGATE_SYSTEMD (auto|yes|no: use systemd; auto =
-# when it runs), CACHEGATE_TIMEOUT (seconds to wait for the gateway and for Docker; 60).
+# when it runs), CACHEGATE_TIMEOUT (seconds to wait for the gateway and for Docker; 60),
+# CACHEGATE_TRUST_IMAGES (as --trust-images).
+#
+#   --trust-images "debian:bookworm python:3.12 …"   5. also make these local images trust
+#       the CA (`cachegate trust image`: derived images tagged with the same names, so
+#       Dockerfiles built FROM them need no change); stop.sh --restore-images undoes it.
 set -Eeuo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,6 +31,16 @@ if [[ -n ${CACHEGATE_CONFIG:-} ]]; then config_args=(--config "$CACHEGATE_CONFIG
 error() { echo "error: $*" >&2; exit 1; }
 say() { echo "cachegate: $*"; }
 trap 'error "${BASH_SOURCE[0]}: line $LINENO: $BASH_COMMAND failed"' ERR
+
+trust_images=${CACHEGATE_TRUST_IMAGES:-}
+while (($#)); do
+  case $1 in
+    --trust-images) (($# >= 2)) || error "--trust-images needs a list of images"
+                    trust_images=$2; shift 2 ;;
+    --trust-images=*) trust_images=${1#*=}; shift ;;
+    *) error "unknown argument $1 (usage: start.sh [--trust-images \"IMAGE …\"])" ;;
+  esac
+done
 
 use_systemd() {
   case ${CACHEGATE_SYSTEMD:-auto} in
@@ -100,7 +115,7 @@ restart_docker() {
   fi
   local waited=0
   until docker info >/dev/null 2>&1; do
-    ((waited++ < timeout * 2)) || error "Docker did not answer within ${timeout}s after the restart"
+    ((waited++ < timeout * 2)) || error "Docker did not answer ${timeout}s after its restart"
     sleep 0.5
   done
   say "Docker restarted and answering"
@@ -125,6 +140,17 @@ point_docker() {
   restart_docker
 }
 
+trust_images() {
+  [[ -n $trust_images ]] || return 0
+  if ! docker_present; then
+    say "Docker is not installed: no images to trust"
+    return
+  fi
+  local images
+  read -r -a images <<<"$trust_images"
+  "$venv/bin/cachegate" "${config_args[@]}" trust image "${images[@]}"
+}
+
 ensure_venv
 py=$venv/bin/python
 STATE_DIR='' ADMIN_URL=''
@@ -137,4 +163,5 @@ wait_pid=
 start_gateway
 wait_gateway
 point_docker
+trust_images
 say "ready"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Undo scripts/start.sh: put Docker's daemon.json back exactly as it was (and restart
 # Docker), then stop the gateway. Idempotent: with nothing to undo it says so and exits 0.
-# Same environment variables as start.sh.
+# Same environment variables as start.sh. Images made to trust the CA (start.sh
+# --trust-images, `cachegate trust image`) stay as they are unless --restore-images is
+# given: builds keep working with the gateway stopped (apt falls back to plain upstreams).
 set -Eeuo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,6 +16,14 @@ if [[ -n ${CACHEGATE_CONFIG:-} ]]; then config_args=(--config "$CACHEGATE_CONFIG
 error() { echo "error: $*" >&2; exit 1; }
 say() { echo "cachegate: $*"; }
 trap 'error "${BASH_SOURCE[0]}: line $LINENO: $BASH_COMMAND failed"' ERR
+
+restore_images=no
+while (($#)); do
+  case $1 in
+    --restore-images) restore_images=yes; shift ;;
+    *) error "unknown argument $1 (usage: stop.sh [--restore-images])" ;;
+  esac
+done
 
 use_systemd() {
   case ${CACHEGATE_SYSTEMD:-auto} in
@@ -53,7 +63,7 @@ restart_docker() {
   fi
   local waited=0
   until docker info >/dev/null 2>&1; do
-    ((waited++ < timeout * 2)) || error "Docker did not answer within ${timeout}s after the restart"
+    ((waited++ < timeout * 2)) || error "Docker did not answer ${timeout}s after its restart"
     sleep 0.5
   done
   say "Docker restarted and answering"
@@ -105,5 +115,15 @@ STATE_DIR=''
 env_lines=$("$py" -m gateway.hostsetup "${config_args[@]}" env)
 eval "$env_lines"  # sets STATE_DIR (and ADMIN_URL), values quoted by the helper
 pid_file=$STATE_DIR/cachegate.pid
+restore_images() {
+  [[ $restore_images == yes ]] || return 0
+  if ! docker_present; then
+    say "Docker is not installed: no images to restore"
+    return
+  fi
+  "$venv/bin/cachegate" "${config_args[@]}" trust image --restore
+}
+
 restore_docker
+restore_images
 stop_gateway
