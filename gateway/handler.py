@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -30,6 +31,7 @@ from gateway.stats import Stats
 from gateway.store import Entry, Store
 from gateway.fast_path import GatewayChannel, response_head
 from gateway.streaming import FileStreamer
+from gateway.verify import body_problem
 from tls.context import sni_name
 
 log = Logger()
@@ -66,6 +68,11 @@ class Gateway:
         self.stats = stats
         self.ca_pem = ca_pem
         self.access_log = access_log or AccessLog()
+        # Keys of digest-named objects (PyPI files) re-hashed since this process started.
+        # Bytes damaged on disk are caught the first time such an object is served from
+        # the store: one read per object per process, not one per hit (every object is
+        # covered by `cache verify`).
+        self.verified: set[str] = set()
 
     # -- routing ---------------------------------------------------------------------
 
@@ -104,7 +111,8 @@ class Gateway:
         base = base_key(host, path)
         entry = self.store.get(variant_key(base, self.store.vary(base), headers))
         if entry is None or entry.meta.length > SMALL_BODY or \
-                not self._fresh(rule, headers, entry):
+                not self._fresh(rule, headers, entry) or \
+                (rule.digest and entry.key not in self.verified):
             return None
         body = b""
         if method == "GET":
@@ -199,6 +207,8 @@ class Gateway:
 
     def _serve_entry(self, ex: Exchange, entry: Entry, label: str,
                      warning: str | None = None) -> None:
+        if ex.rule.digest and entry.key not in self.verified:
+            return self._verify_then_serve(ex, entry, label, warning)
         meta = entry.meta
         try:
             fd = os.open(entry.path, os.O_RDONLY)
@@ -212,6 +222,27 @@ class Gateway:
         if warning:
             request.setHeader("Warning", warning)
         self._send_body(ex, fd, meta.length, meta.status, as_dict(meta.headers), label, None)
+
+    def _verify_then_serve(self, ex: Exchange, entry: Entry, label: str,
+                           warning: str | None) -> None:
+        """Re-hash a digest-named object in a thread before its first serve from disk."""
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                      body_problem, entry)
+        d.addCallback(self._verified_entry, ex, entry, label, warning)
+        d.addErrback(self._bug, ex)
+
+    def _verified_entry(self, problem: str | None, ex: Exchange, entry: Entry, label: str,
+                        warning: str | None) -> None:
+        if problem is None:
+            self.verified.add(entry.key)
+            if not ex.gone:
+                self._serve_entry(ex, entry, label, warning)
+            return
+        log.error("stored body of {url} is damaged ({reason}): dropped, fetching it again",
+                  url=entry.meta.url, reason=problem)
+        self.store.delete(entry.key)
+        if not ex.gone:
+            self._lookup(ex)
 
     def _serve_download(self, ex: Exchange, outcome: Streaming) -> None:
         download = outcome.download
