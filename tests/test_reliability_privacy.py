@@ -176,3 +176,31 @@ def test_a_body_corrupted_on_disk_is_caught_by_cache_verify(origin, start_gatewa
     assert "files.pythonhosted.org" + path in json.dumps(report)
     reply = yield fetch(gw.port, "files.pythonhosted.org", path)
     assert reply.body == data and reply.headers["x-cache"] == "MISS"
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_digest_named_body_corrupted_on_disk_is_caught_on_read(origin, start_gateway):
+    """Where the URL names the digest (PyPI files), a stored body is re-hashed before this
+    process first serves it: damaged bytes are dropped and fetched again, never served."""
+    data = b"another wheel " * 5000
+    digest = hashlib.blake2b(data, digest_size=32).hexdigest()
+    path = f"/packages/{digest[:2]}/{digest[2:4]}/{digest[4:]}/pkg-2.0-py3-none-any.whl"
+    small = b"small wheel " * 100
+    small_digest = hashlib.blake2b(small, digest_size=32).hexdigest()
+    small_path = (f"/packages/{small_digest[:2]}/{small_digest[2:4]}/{small_digest[4:]}/"
+                  "small-1.0-py3-none-any.whl")
+    put(origin, "pypi", path, data)
+    put(origin, "pypi", small_path, small)
+    gw = start_gateway(origin.url)
+    for p in (path, small_path):
+        yield fetch(gw.port, "files.pythonhosted.org", p)
+    for entry in gw.store.entries():
+        with open(entry.path, "r+b") as f:
+            f.seek(10)
+            f.write(b"X")
+    for p, body in ((path, data), (small_path, small)):  # a big one and a fast-path one
+        reply = yield fetch(gw.port, "files.pythonhosted.org", p)
+        assert reply.body == body and reply.headers["x-cache"] == "MISS", p
+        again = yield fetch(gw.port, "files.pythonhosted.org", p)
+        assert again.body == body and again.headers["x-cache"] == "HIT", p
+    assert origin.count("/pypi" + path) == 2
