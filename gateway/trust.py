@@ -60,8 +60,9 @@ def add_parser(subparsers: Any) -> None:
                                               "builders trust the CA.")
     which = trust.add_subparsers(dest="trust_command", required=True, metavar="WHAT")
     image = which.add_parser("image", help="shadow images with derived ones that trust the CA")
-    image.add_argument("images", nargs="+", metavar="IMAGE")
-    image.add_argument("--restore", action="store_true", help="tag the originals back")
+    image.add_argument("images", nargs="*", metavar="IMAGE")
+    image.add_argument("--restore", action="store_true",
+                       help="tag the originals back (every shadowed image when none named)")
     which.add_parser("images", help="list the images shadowed by `trust image`")
     host = which.add_parser("host", help="install the CA into this host's trust store")
     host.add_argument("--remove", action="store_true", help="take it out again")
@@ -224,7 +225,9 @@ def cmd_image(args: argparse.Namespace, config: Any) -> int:
     records = ImageRecords(config.server.state_dir)
     known = records.load()
     docker = Docker()
-    for image in args.images:
+    if not args.images and not args.restore:
+        raise TrustError("name at least one image (e.g. trust image debian:bookworm)")
+    for image in args.images or sorted(known):
         split_tag(image)
         if args.restore:
             if image not in known:

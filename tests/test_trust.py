@@ -49,6 +49,8 @@ elif argv[0] == "build":
     shutil.copytree(context, os.path.join(home, "builds", str(n)))
     images[tag] = {"Id": f"sha256:derived{n}", "RepoDigests": [],
                    "Config": {"User": "", "Labels": {"io.cachegate.trusted-from": "x"}}}
+elif argv[0] == "info":
+    pass
 else:
     sys.exit(print(f"fake docker: unexpected {argv}", file=sys.stderr) or 2)
 json.dump(images, open(db, "w"))
@@ -156,6 +158,21 @@ def test_restore_tags_the_original_back(setup, capsys):
     assert ImageRecords(state).load() == {}
     assert cachegate(config_file, "trust", "images") == 0
     assert "no images shadowed" in capsys.readouterr().out
+
+
+def test_restore_without_names_restores_every_shadowed_image(setup):
+    config_file, state, home = setup
+    assert cachegate(config_file, "trust", "image", "python:3.12",
+                     "registry.local:5000/team/app") == 0
+    assert cachegate(config_file, "trust", "image", "--restore") == 0
+    assert images(home)["python:3.12"] == PYTHON_IMAGE
+    assert images(home)["registry.local:5000/team/app"] == LOCAL_IMAGE
+    assert ImageRecords(state).load() == {}
+
+
+def test_trust_image_without_names_is_an_error(setup, capsys):
+    assert cachegate(setup[0], "trust", "image") == 1
+    assert "name at least one image" in capsys.readouterr().err
 
 
 def test_restore_of_an_image_never_shadowed_is_an_error(setup, capsys):
