@@ -248,19 +248,25 @@ _RULE_KEYS = {"path", "policy", "ttl", "digest"}
 
 
 def _upstreams(table: dict[str, Any], source: str) -> tuple[Upstream, ...]:
-    """Built-in entries, overridden or extended by ``[upstreams.NAME]`` tables.
+    """Built-in entries, overridden or extended by ``[upstreams.NAME]`` tables."""
+    return apply_upstream_tables(BUILTIN, table, source)
 
-    For a built-in entry, ``hosts`` replaces its names, ``rules`` are tried before its own,
-    and ``enabled = false`` removes it.  A new entry needs ``hosts``.
-    """
-    entries = {u.name: u for u in BUILTIN}
-    for name, value in table.items():
-        r = _Reader(value if isinstance(value, dict) else {}, source, f"upstreams.{name}")
+
+def apply_upstream_tables(base: tuple[Upstream, ...], tables: dict[str, Any],
+                          source: str) -> tuple[Upstream, ...]:
+    """``base`` with each ``NAME: table`` applied in order, as ``[upstreams.NAME]``: for an
+    existing entry ``hosts`` replaces its names, ``rules`` are tried before its own, and
+    ``enabled = false`` removes it; a new entry needs ``hosts``.  Errors name ``source``
+    and the key (also used for runtime edits through the admin API)."""
+    entries = {u.name: u for u in base}
+    for name, value in tables.items():
+        prefix = f"upstreams.{name}"
         if not isinstance(value, dict):
-            raise ConfigError(source, r.prefix, "expected a table")
-        r.reject_unknown(_UPSTREAM_KEYS)
+            raise ConfigError(source, prefix, "expected a table")
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
-            raise ConfigError(source, r.prefix, "name must be lower-case letters, digits, - or _")
+            raise ConfigError(source, prefix, "name must be lower-case letters, digits, - or _")
+        r = _Reader(value, source, prefix)
+        r.reject_unknown(_UPSTREAM_KEYS)
         if not r.get("enabled", bool, True):
             entries.pop(name, None)
             continue

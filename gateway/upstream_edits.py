@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,10 @@ from typing import Any
 from gateway.catalogue import Upstream
 # The config file's validators, reused so an edit is judged exactly as the same table in
 # cachegate.toml would be (private names: this module is the config's second reader).
-from gateway.config import _UPSTREAM_KEYS, Config, ConfigError, _Reader, _upstream
+from gateway.config import Config, ConfigError, apply_upstream_tables
 
 EDITS_FILE = "upstreams.json"
 # As ``gateway.config._upstreams`` checks the names of [upstreams.NAME] tables.
-_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 Edits = dict[str, dict[str, Any]]
 
@@ -65,20 +63,7 @@ def apply_edits(base: tuple[Upstream, ...], edits: Edits, source: str) -> tuple[
     (``ConfigError`` naming ``source`` and the key).  As in the config file, a table for
     an existing entry replaces its hosts and puts its rules before the entry's own, a
     new name needs ``hosts``, and ``enabled = false`` removes the entry."""
-    entries = {u.name: u for u in base}
-    for name, table in edits.items():
-        prefix = f"upstreams.{name}"
-        if not _NAME.fullmatch(name):
-            raise ConfigError(source, prefix, "name must be lower-case letters, digits, - or _")
-        if not isinstance(table, dict):
-            raise ConfigError(source, prefix, "expected a table (a JSON object)")
-        reader = _Reader(table, source, prefix)
-        reader.reject_unknown(_UPSTREAM_KEYS)
-        if not reader.get("enabled", bool, True):
-            entries.pop(name, None)
-            continue
-        entries[name] = _upstream(reader, name, entries.get(name))
-    return tuple(entries.values())
+    return apply_upstream_tables(base, edits, source)
 
 
 def with_saved_edits(config: Config) -> Config:
