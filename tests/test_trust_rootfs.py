@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 
 from tests.clients import need
 from tests.test_trust_ca_script import SCRIPT, make_ca
@@ -122,3 +123,74 @@ def test_rootfs_without_ca_certificates_gets_a_bundle(rootfs, ca):
     put(rootfs, ca)
     assert inside(rootfs, "sh", "/tmp/trust/trust-ca.sh", "/tmp/trust/ca.crt").returncode == 0
     assert inside(rootfs, "openssl", "verify", "/tmp/trust/leaf.crt").returncode == 0
+
+
+# --- in a network namespace whose only resolver and route are cachegate ----------------
+
+FETCH = """
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=20) as reply:
+        sys.stdout.buffer.write(reply.read())
+except Exception as e:
+    sys.exit(f"{type(e).__name__}: {e}")
+"""
+
+
+@pytest.fixture
+def world(tarball, tmp_path):  # type: ignore[no-untyped-def]
+    """One namespace, cachegate on its host side in front of the fixture origin (an
+    NXDOMAIN-only forwarder behind it), and a rootfs whose resolv.conf names cachegate."""
+    from twisted.internet import reactor
+
+    from tests import netns
+    from tests.dns_helpers import FakeUpstream
+    from tests.fixtures import build_fixtures
+    from tests.origin import Origin
+
+    need(netns.unavailable() is None, f"namespaces: {netns.unavailable()}")
+    tree = build_fixtures(tmp_path / "tree", files_base="https://files.pythonhosted.org",
+                          npm_base="https://registry.npmjs.org")
+    origin = Origin(tree.root, reactor)
+    origin.listen()
+    upstream = FakeUpstream(reactor).start()
+    try:
+        with netns.containers(1) as (container,):
+            gateway = netns.HostGateway(tmp_path / "gw", [container], origin.url,
+                                        upstream.address)
+            try:
+                gateway.wait_ready()
+                yield container, gateway, origin
+            finally:
+                gateway.stop()
+    finally:
+        pytest_twisted.blockon(origin.stop_serving())
+        pytest_twisted.blockon(upstream.stop())
+
+
+def fetch_in(root: Path, container, url: str):  # type: ignore[no-untyped-def]
+    from tests.clients import run
+    return run(container.argv(["chroot", str(root), "python3", "-c", FETCH, url]),
+               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_from_the_cache_after_the_script_in_a_chroot(world, rootfs):
+    container, gateway, origin = world
+    (rootfs / "etc/resolv.conf").write_text(f"nameserver {container.host_ip}\n")
+    put(rootfs, (gateway.ca_cert, gateway.ca_cert))
+
+    # apt's plain http works untouched; https does not (another name than the one tried
+    # after: a rejected name is tunnelled for this client for a while).
+    plain = await fetch_in(rootfs, container,
+                           "http://deb.debian.org/debian/dists/bookworm/InRelease")
+    assert plain.returncode == 0, plain.stderr
+    before = await fetch_in(rootfs, container, "https://registry.npmjs.org/@cachegate%2ffixture")
+    assert before.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in before.stderr
+    done = inside(rootfs, "sh", "/tmp/trust/trust-ca.sh", "/tmp/trust/ca.crt")
+    assert done.returncode == 0, done.stderr
+    for _ in range(2):
+        after = await fetch_in(rootfs, container, "https://pypi.org/simple/cachegate-fixture-a/")
+        assert after.returncode == 0, after.stderr + gateway.log_tail()
+        assert "cachegate-fixture-a" in after.stdout
+    assert origin.count("/pypi/simple/cachegate-fixture-a/") == 1  # the second from cache
