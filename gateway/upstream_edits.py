@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.catalogue import Upstream
-# The config file's validators, reused so an edit is judged exactly as the same table in
-# cachegate.toml would be (private names: this module is the config's second reader).
+# The config file's validator, so an edit is judged exactly as the same table in
+# cachegate.toml would be.
 from gateway.config import Config, ConfigError, apply_upstream_tables
 
 EDITS_FILE = "upstreams.json"
-# As ``gateway.config._upstreams`` checks the names of [upstreams.NAME] tables.
 
 Edits = dict[str, dict[str, Any]]
 

@@ -199,7 +199,8 @@ def run(work: Path, procs: list, args) -> int:  # type: ignore[no-untyped-def]
     wait_port(origin_port, procs[-1])
     config = work / "cachegate.toml"
     config.write_text(f'[server]\nstate_dir = "{work}/state"\nlisten = ["127.0.0.1"]\n'
-                      f"http_port = {gw_port}\nhttps_port = 0\n[dns]\nport = 0\n"
+                      f'http_port = {gw_port}\nhttps_port = 0\nadmin = "127.0.0.1:{free_port()}"\n'
+                      f"[dns]\nport = 0\n"
                       f'forwarders = ["127.0.0.1:9"]\n[upstreams.maven]\n'
                       f'origin = "{origin}/maven"\n'
                       '[[upstreams.maven.rules]]\npath = "^/bench/"\npolicy = "immutable"\n')
