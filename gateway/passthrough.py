@@ -120,6 +120,15 @@ class PassthroughStats:
             "tunnelled": sum(self.tunnelled.values())}
 
 
+def advice(stats: dict) -> list[str]:
+    """One line per client that rejected our CA, for ``cachegate doctor`` and the status
+    page (``stats`` is ``PassthroughStats.as_dict()``, e.g. from the admin API)."""
+    return [f"client {entry['client']} does not trust the CA for {entry['host']} "
+            f"({entry['rejected']} rejected, {entry['tunnelled']} tunnelled uncached): run "
+            f"`cachegate trust image IMAGE` for its base image"
+            for entry in stats.get("untrusting_clients", ()) if entry["rejected"]]
+
+
 # --- wiring -------------------------------------------------------------------------
 
 class PassthroughFactory(Factory):

@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from gateway.passthrough import NEED_MORE, PassthroughStats, client_hello_sni
+from gateway.passthrough import NEED_MORE, PassthroughStats, advice, client_hello_sni
 from gateway.proxy import UntrustedMemo
 from tests.fixtures import PYPI_HOST
 from tests.origin import PROXY_HOSTS, OriginResource
@@ -86,6 +86,10 @@ def test_stats_document():
     assert stats.as_dict() == {"untrusting_clients": [
         {"client": "172.17.0.5", "host": "pypi.org", "rejected": 1, "tunnelled": 2,
          "tunnel_failures": 0}], "rejected": 1, "tunnelled": 2}
+    assert advice(stats.as_dict()) == [
+        "client 172.17.0.5 does not trust the CA for pypi.org (1 rejected, 2 tunnelled "
+        "uncached): run `cachegate trust image IMAGE` for its base image"]
+    assert advice(PassthroughStats().as_dict()) == []
 
 
 # --- end to end -----------------------------------------------------------------------
