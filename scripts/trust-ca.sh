@@ -8,9 +8,9 @@
 # runs on Debian, Ubuntu, Alpine and images with no package manager, needs no network and
 # is idempotent (a store that already holds the certificate is left alone).
 #
-# Stores: /etc/ssl/certs/ca-certificates.crt (created when missing, seeded with a certifi
+# Stores: /etc/ssl/certs/ca-certificates.crt (created when missing, seeded with another
 # bundle's roots if the image has one, so tools pointed at it still reach other hosts),
-# /etc/ssl/cert.pem (Alpine's, when present), /usr/local/share/ca-certificates/ (so a later
+# /etc/ssl/cert.pem (Alpine's) and /etc/pki/tls/certs/ca-bundle.crt (RHEL's) when present, /usr/local/share/ca-certificates/ (so a later
 # update-ca-certificates keeps it), JVM cacerts via keytool when a keytool is found, and
 # every certifi bundle (pip's vendored one too) under the usual install prefixes.
 #
@@ -63,7 +63,8 @@ certifi_bundles() {
 system_bundle() {
   mkdir -p "$ROOT${BUNDLE%/*}"
   if [ ! -s "$ROOT$BUNDLE" ]; then
-    seed=$(certifi_bundles | head -n 1)
+    seed=$(other_bundles; certifi_bundles)
+    seed=$(echo "$seed" | head -n 1)
     if [ -n "$seed" ]; then
       cp "$seed" "$ROOT$BUNDLE"
       say "$BUNDLE: created from $seed"
@@ -73,8 +74,15 @@ system_bundle() {
     fi
   fi
   append_to "$ROOT$BUNDLE"
-  # Alpine reads /etc/ssl/cert.pem (a link to the bundle on some images: then it is done).
-  if [ -f "$ROOT/etc/ssl/cert.pem" ]; then append_to "$ROOT/etc/ssl/cert.pem"; fi
+  # Alpine reads /etc/ssl/cert.pem, the RHEL family ca-bundle.crt (a link to the bundle
+  # on some images: then it is already done).
+  other_bundles | while read -r other; do append_to "$other"; done
+}
+
+other_bundles() {
+  for other in /etc/ssl/cert.pem /etc/pki/tls/certs/ca-bundle.crt; do
+    if [ -s "$ROOT$other" ]; then echo "$ROOT$other"; fi
+  done
 }
 
 local_copies() {

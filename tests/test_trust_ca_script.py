@@ -97,6 +97,17 @@ def test_alpine_cert_pem(tmp_path, ca, other):
     assert verifies(cert_pem, ca[1]) and verifies(cert_pem, other[1])
 
 
+def test_rhel_bundle_gains_ours_and_seeds_the_debian_path(tmp_path, ca, other):
+    rhel = tmp_path / "etc/pki/tls/certs/ca-bundle.crt"
+    rhel.parent.mkdir(parents=True)
+    rhel.write_text(other[0].read_text())
+    trust(tmp_path, ca[0])
+    debian = tmp_path / "etc/ssl/certs/ca-certificates.crt"
+    for bundle in (rhel, debian):
+        assert verifies(bundle, ca[1]) and verifies(bundle, other[1]), bundle
+        assert copies(bundle, ca[0]) == 1
+
+
 def test_no_package_manager_creates_the_bundle(tmp_path, ca):
     """An image with nothing at all (no /etc/ssl): the bundle is created with our CA."""
     trust(tmp_path, ca[0])
