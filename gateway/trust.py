@@ -204,7 +204,11 @@ def _repo_digest(image: str, info: dict) -> str | None:
 def _write_context(context: Path, text: str, ca_pem: bytes) -> None:
     (context / "Dockerfile").write_text(text)
     (context / "ca.crt").write_bytes(ca_pem)
-    shutil.copyfile(SCRIPT, context / "trust-ca.sh")
+    try:
+        shutil.copyfile(SCRIPT, context / "trust-ca.sh")
+    except OSError as e:  # installed without the checkout's scripts/
+        raise TrustError(f"{SCRIPT}: {e.strerror} (run cachegate from its checkout, "
+                         f"installed with pip install -e)") from None
 
 
 def restore(docker: Docker, record: Shadowed) -> None:
