@@ -21,13 +21,15 @@ import pytest
 import pytest_twisted
 
 from tests.clients import need
+from tests.netns import PIP_PROJECT
 from tests.test_trust_ca_script import SCRIPT, make_ca
 
 CACHE = Path(os.environ.get("CACHEGATE_TEST_CACHE", "/var/cache/cachegate-tests"))
 MIRROR = os.environ.get("CACHEGATE_TEST_MIRROR", "http://deb.debian.org/debian")
-# What the image holds: no curl or pip (their HTTPS checks are the OpenSSL and certifi
-# ones tested here); ca-certificates for update-ca-certificates.
-PACKAGES = ("ca-certificates", "openssl", "python3-certifi")
+# What the image holds: Debian's curl and pip (certifi, which Debian points at the system
+# bundle), ca-certificates for update-ca-certificates.  No JDK or Node: too big to cache
+# for their one check each (keytool and NODE_EXTRA_CA_CERTS are tested elsewhere).
+PACKAGES = ("ca-certificates", "openssl", "python3-certifi", "python3-pip", "curl")
 RECIPE = f"bookworm minbase {MIRROR} {' '.join(PACKAGES)}"
 TARBALL = CACHE / f"bookworm-{hashlib.sha256(RECIPE.encode()).hexdigest()[:12]}.tar"
 BUILD_SECONDS = 1200
@@ -40,6 +42,8 @@ def build_tarball() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if TARBALL.exists():
             return TARBALL
+        for old in CACHE.glob("bookworm-*.tar"):  # another recipe's
+            old.unlink()
         work = CACHE / "bookworm.partial"
         shutil.rmtree(work, ignore_errors=True)
         subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
@@ -194,3 +198,18 @@ async def test_https_from_the_cache_after_the_script_in_a_chroot(world, rootfs):
         assert after.returncode == 0, after.stderr + gateway.log_tail()
         assert "cachegate-fixture-a" in after.stdout
     assert origin.count("/pypi/simple/cachegate-fixture-a/") == 1  # the second from cache
+    # Debian's curl and pip, no flags: the same store.
+    curl = await in_namespace(rootfs, container, "curl", "-sS", "--fail",
+                              "https://pypi.org/simple/cachegate-fixture-a/")
+    assert curl.returncode == 0 and "cachegate-fixture-a" in curl.stdout, curl.stderr
+    pip = await in_namespace(rootfs, container, "python3", "-m", "pip", "download",
+                             "--no-deps", "--disable-pip-version-check", "-d", "/tmp/dl",
+                             PIP_PROJECT)
+    assert pip.returncode == 0, pip.stdout + pip.stderr + gateway.log_tail()
+    assert any((rootfs / "tmp/dl").iterdir())
+
+
+def in_namespace(root: Path, container, *argv: str):  # type: ignore[no-untyped-def]
+    from tests.clients import run
+    return run(container.argv(["chroot", str(root), *argv]),
+               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"})
