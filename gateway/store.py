@@ -163,10 +163,15 @@ class Store:
         if not self._touched:
             return
         rows, self._touched = list(self._touched.items()), {}
-        with self.cache.transact():
-            for key, when in rows:
-                self.cache._sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1",
-                                (when, key))
+        try:
+            with self.cache.transact():
+                for key, when in rows:
+                    self.cache._sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1",
+                                    (when, key))
+        except (sqlite3.OperationalError, OSError) as e:
+            # A full disk: only the LRU order suffers, and an exception here would stop
+            # the timer that calls us for the rest of the process's life.
+            log.error("cannot record access times: {error}", error=e)
 
     def commit(self, key: str, meta: Meta, partial: str) -> None:
         """Make ``partial`` (a verified, complete body) the stored object of ``key``."""
