@@ -208,11 +208,16 @@ def test_disk_full_requests_are_streamed_through_unstored_then_stored_again(
     assert later.body == data
     hit = yield fetch(gw.port, "repo1.maven.org", small)
     assert hit.headers["x-cache"] == "HIT", "what is stored is still served"
+    _fill(small_fs / "state", leave=0)  # not even SQLite's journal fits now
+    gw.store.flush_access()  # the access-time timer must survive a full disk
+    hit = yield fetch(gw.port, "repo1.maven.org", small)
+    assert hit.headers["x-cache"] == "HIT"
     yield sleep(0.1)
     assert [e.meta.url for e in gw.store.entries()] == ["repo1.maven.org" + small]
     assert os.listdir(gw.store.partial_dir) == [], "a half-written body was left behind"
     assert any("cache filesystem full" in line for line in log_lines)
     filler.unlink()  # space returns
+    (small_fs / "state" / "filler").unlink()
     again = yield fetch(gw.port, "repo1.maven.org", big)
     assert again.body == data
     yield sleep(0.1)
