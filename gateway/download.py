@@ -136,6 +136,11 @@ class Download:
             self._paused = False
             self._producer.resumeProducing()
 
+    @property
+    def pushing_back(self) -> bool:
+        """The upstream is paused for slow readers: its silence is ours, not a stall."""
+        return self._paused
+
     def joinable(self) -> bool:
         """Whether a new reader from byte 0 can still get every byte (spilled bytes are
         dropped once the readers present have sent them)."""

@@ -160,6 +160,9 @@ class _BodyReceiver(Protocol):
         self.sink.write(data)
 
     def _idle(self) -> None:
+        if getattr(self.sink, "pushing_back", False):  # paused by us (a full disk's
+            self.timer = self.reactor.callLater(self.idle_timeout, self._idle)  # readers)
+            return
         self.timed_out = True
         log.error("upstream silent for {seconds}s: download abandoned",
                   seconds=self.idle_timeout)
