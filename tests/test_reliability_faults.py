@@ -250,3 +250,47 @@ def test_dns_upstream_down_is_a_quick_servfail_and_redirects_still_answer():
         yield resolver.stop()
         for fake in silent:
             yield fake.stop()
+
+
+class _Transport:
+    paused = stopped = False
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.paused = False
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.stopped = True
+
+
+def test_a_spilled_download_pushes_back_and_its_pause_is_not_a_stall(tmp_path):
+    """/dev/full as the partial file: every write is ENOSPC.  Past MAX_SPILL bytes held
+    for a reader the upstream is paused (not abandoned by the idle timeout), and resumed
+    once the reader has sent them; nothing of it is storable."""
+    from twisted.internet.task import Clock
+
+    from gateway.download import MAX_SPILL, Download
+    from gateway.fetcher import _BodyReceiver
+    clock, upstream = Clock(), _Transport()
+    download = Download(str(tmp_path / "partial"), None)
+    os.close(download._write_fd)
+    download._write_fd = os.open("/dev/full", os.O_WRONLY)
+    reader = lambda: None  # noqa: E731
+    download.watch(reader)
+    download.position(reader, 0)
+    receiver = _BodyReceiver(download, clock, idle_timeout=5)
+    receiver.makeConnection(upstream)
+    body = payload(MAX_SPILL + 1000)
+    receiver.dataReceived(body)
+    assert download.spilled and upstream.paused and download.on_disk == 0
+    clock.advance(20)
+    assert not upstream.stopped, "our own pause was taken for a silent upstream"
+    assert download.read_spilled(0, 10) == body[:10]
+    download.position(reader, MAX_SPILL)
+    assert not upstream.paused and download.read_spilled(MAX_SPILL, 1000) == body[MAX_SPILL:]
+    clock.advance(6)  # the reader caught up, the upstream is silent: that is a stall
+    assert upstream.stopped
+    download.unwatch(reader)
+    assert not download.storable
