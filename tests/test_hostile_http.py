@@ -260,3 +260,20 @@ def test_malformed_tls_client_hello_is_dropped(origin, start_gateway, shape):
                 return tls.version() or ""
 
     assert (yield threads.deferToThread(handshake)).startswith("TLS")
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_pipelined_head_waiting_behind_a_long_response_is_not_timed_out(hostile, origin,
+                                                                         monkeypatch):
+    """apt pipelines: the next head sits in the buffer while a slow body is sent; the
+    header timeout starts only when that head is read."""
+    from gateway import fast_path
+    monkeypatch.setattr(fast_path, "HEADER_TIMEOUT", 0.5)
+    slow = "/maven2/org/ex/hostile/1.0/slow-1.0.jar"
+    target = origin.root / "maven" / slow.lstrip("/")
+    target.write_bytes(b"s" * 300_000)
+    origin.behave("/maven" + slow, slow_bytes_per_s=200_000)  # ~1.5 s
+    heads = (f"GET {slow} HTTP/1.1\r\nHost: repo1.maven.org\r\n\r\n"
+             f"GET {OBJECT} HTTP/1.1\r\nHost: repo1.maven.org\r\nConnection: close\r\n\r\n")
+    reply = yield threads.deferToThread(exchange, hostile.port, heads.encode(), 10.0)
+    assert responses_in(reply) == 2 and reply.endswith(b"the real jar"), reply[-200:]
