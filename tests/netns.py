@@ -229,7 +229,7 @@ INDEX_PATTERNS = {
     "maven": r"/maven-metadata\.xml(\.[a-z0-9]+)?$",
 }
 _SERVED = re.compile(r"\] (?P<client>\S+) (?P<method>[A-Z]+) (?P<host>[^/\s]+)(?P<path>/\S*) "
-                     r"(?P<status>\d{3}) (?P<label>[A-Z]+) (?P<sent>\d+)B \d+ms")
+                     r"(?P<status>\d{3}) (?P<label>[A-Z]+) (?P<sent>\d+)B (?P<ms>\d+)ms")
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,8 @@ class Served:
     path: str
     status: int
     label: str  # HIT MISS REVALIDATED STALE PASS ...
-    sent: int
+    sent: int  # body bytes
+    ms: int  # from the request's arrival to its last byte
 
 
 def gateway_toml(state_dir: Path, addresses: list[str], origin_url: str, forwarder: str,
@@ -329,7 +330,7 @@ class HostGateway:
             m = _SERVED.search(line)
             if m:
                 out.append(Served(m["client"], m["method"], m["host"], m["path"],
-                                  int(m["status"]), m["label"], int(m["sent"])))
+                                  int(m["status"]), m["label"], int(m["sent"]), int(m["ms"])))
         return out
 
     def stop(self) -> int | None:

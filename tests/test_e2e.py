@@ -24,11 +24,15 @@ from twisted.internet import defer, reactor, task
 from tests import netns
 from tests.clients import need, run
 from tests.dns_helpers import FakeUpstream
-from tests.fixtures import Fixtures, build_fixtures
+from tests.fixtures import Fixtures, build_fixtures, maven_plugin_repo
 from tests.origin import Origin, Recorded
 
 CONTAINERS = 3
 SHORT_TTL = 1  # seconds: the outage test's indexes go stale this fast
+# The origin's delay before each answer in cold runs: long enough that the three
+# containers' requests for an object overlap in flight (they join one download) rather
+# than follow one another (a plain hit).
+COLD_DELAY = 0.25
 CLIENT_BINARIES = {"apt": "apt-get", "pip": None, "npm": "npm", "mvn": "mvn", "alpine": "curl"}
 INDEXES = {  # an index each ecosystem's build reads (served stale during an outage)
     "apt": "/dists/bookworm/InRelease", "pip": "/simple/cachegate-fixture-a/",
@@ -42,7 +46,6 @@ def need_client(client: str) -> None:
         need(shutil.which(binary), f"{binary} not installed")
     if client == "mvn":
         need(shutil.which("keytool"), "keytool not installed (a JDK)")
-        from tests.fixtures import maven_plugin_repo
         need(maven_plugin_repo(), "no maven-dependency-plugin in /usr/share/maven-repo "
                                   "(packages libmaven-dependency-plugin-java junit4)")
 
@@ -106,7 +109,6 @@ def world(origin, upstream_dns, tmp_path_factory):  # type: ignore[no-untyped-de
 @pytest.fixture
 def outage_world(origin, upstream_dns, tmp_path):  # type: ignore[no-untyped-def]
     yield from make_world(tmp_path / "world", origin, upstream_dns, SHORT_TTL)
-    origin.resume()
 
 
 # --- running builds -----------------------------------------------------------------
@@ -205,7 +207,11 @@ def test_unconfigured_client_is_served_by_cachegate(client, world, tree, origin,
     fresh containers build again: no origin request at all, every byte from the cache."""
     need_client(client)
     before = len(origin.requests)
-    yield build_everywhere((client,), world, tree, tmp_path / "cold")
+    origin.behave("*", delay_headers=COLD_DELAY)
+    try:
+        yield build_everywhere((client,), world, tree, tmp_path / "cold")
+    finally:
+        origin.behave("*")
     cold = origin.requests[before:]
     fetched = {r.path for r in cold}
     assert set(netns.key_origin_paths(client, tree)) <= fetched, sorted(fetched)
@@ -218,6 +224,7 @@ def test_unconfigured_client_is_served_by_cachegate(client, world, tree, origin,
     assert {s.client for s in served} == {c.ip for c in world.containers}
     assert {s.host for s in served} == netns.DEFAULT_HOSTS[client]
     assert {s.label for s in served} == {"HIT"}, served
+    assert "Traceback" not in world.gateway.log_tail(10**6)
 
 
 @pytest_twisted.inlineCallbacks
@@ -226,16 +233,20 @@ def test_builds_succeed_from_the_cache_while_the_origin_is_down(outage_world, tr
     for client in netns.CLIENTS:
         need_client(client)
     world = outage_world
-    first = world.containers[:1]
-    yield all_of([build_in(c, client, tree, world, tmp_path / "warm-up" / client)
-                  for c in first for client in netns.CLIENTS])
+    first = world.containers[0]  # warms the cache, every client at once
+    yield all_of([build_in(first, client, tree, world, tmp_path / "warm-up" / client)
+                  for client in netns.CLIENTS])
     yield task.deferLater(reactor, SHORT_TTL + 0.5, lambda: None)  # every index now stale
     yield origin.stop_serving()
-    since = world.gateway.log_size()
-    yield build_everywhere(netns.CLIENTS, world, tree, tmp_path / "outage")
+    try:
+        since = world.gateway.log_size()
+        yield build_everywhere(netns.CLIENTS, world, tree, tmp_path / "outage")
+    finally:
+        origin.resume()
     served = world.gateway.served(since)
     assert {s.label for s in served} <= {"HIT", "STALE"}, \
         [s for s in served if s.label not in ("HIT", "STALE")]
     stale = {s.path for s in served if s.label == "STALE"}
     for client, index in INDEXES.items():
         assert any(path.endswith(index) for path in stale), (client, sorted(stale))
+    assert "Traceback" not in world.gateway.log_tail(10**6)

@@ -11,12 +11,14 @@ on the real ports in front of the fixture origin (tests/origin.py), which can be
 answer like a distant upstream (``--origin-delay-ms``, ``--origin-kib-per-s``).
 
 Each round starts cachegate with an empty cache: the cold builds, then three fresh
-containers build again (warm).  Printed (medians over rounds): wall time, requests
-cachegate served and how many were hits, origin requests and bytes (HTTP, headers
-included), body bytes served to the builds (cachegate's access log); then the speed-up
-and the bytes the cache saved.  Simulated builds are mostly client start-up (a JVM, node,
-pip), so against a local, instant origin the two rounds take about as long; the delay
-options show what an upstream across the internet costs.
+containers build again (warm).  Printed (medians over rounds): wall time; the time the
+builds spent waiting on their requests (the sum of each request's time in cachegate's
+access log, so client start-up and CPU contention stay out of it); requests served and
+how many were hits; origin requests and bytes (HTTP, headers included); body bytes
+served to the builds.  Then the speed-ups and the bytes the cache saved.  Simulated
+builds are mostly client start-up (a JVM, node, pip) and the fixture packages are small,
+so wall time moves little and with the machine's load; the origin options show what an
+upstream across the internet costs.
 
 Run as root from the repository root:
     .venv/bin/python scripts/bench/build_sim.py [--origin-delay-ms 100] [--origin-kib-per-s 2048]
@@ -105,7 +107,7 @@ def round_(containers: list[netns.Container], tree: Fixtures, trust: netns.Trust
     served = gateway.served(since)
     return {"wall": wall, "origin_requests": len(origin.requests) - requests,
             "origin_bytes": counting.sent - origin_bytes, "requests": len(served),
-            "served": sum(s.sent for s in served),
+            "served": sum(s.sent for s in served), "wait": sum(s.ms for s in served) / 1000,
             "hits": sum(1 for s in served if s.label in FROM_CACHE)}
 
 
@@ -113,18 +115,23 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
     print(f"{args.containers} concurrent builds (apt, pip, npm, mvn, alpine each), "
           f"{args.rounds} rounds, medians; origin: {args.origin_delay_ms} ms before each "
           f"answer, {args.origin_kib_per_s or 'unlimited'} KiB/s per response")
-    print(f"{'round':6} {'wall s':>7} {'requests':>9} {'hits':>5} {'origin req':>11} "
-          f"{'served bytes':>13} {'origin bytes':>13}")
+    print(f"{'round':6} {'wall s':>7} {'wait s':>7} {'requests':>9} {'hits':>5} "
+          f"{'origin req':>11} {'served bytes':>13} {'origin bytes':>13}")
     med = {name: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
            for name, rows in results.items()}
     for name, m in med.items():
-        print(f"{name:6} {m['wall']:7.2f} {m['requests']:9.0f} {m['hits']:5.0f} "
-              f"{m['origin_requests']:11.0f} {m['served']:13.0f} {m['origin_bytes']:13.0f}")
+        print(f"{name:6} {m['wall']:7.2f} {m['wait']:7.2f} {m['requests']:9.0f} "
+              f"{m['hits']:5.0f} {m['origin_requests']:11.0f} {m['served']:13.0f} "
+              f"{m['origin_bytes']:13.0f}")
     cold, warm = med["cold"], med["warm"]
     walls = ", ".join(f"{c['wall']:.1f}/{w['wall']:.1f}"
                       for c, w in zip(results["cold"], results["warm"]))
-    print(f"speed-up warm vs cold: {cold['wall'] / warm['wall']:.2f}x "
-          f"(cold/warm s per round: {walls})")
+    print(f"speed-up warm vs cold: {cold['wall'] / warm['wall']:.2f}x wall "
+          f"(cold/warm s per round: {walls}); time the builds waited on requests: "
+          f"{cold['wait']:.2f} s -> {warm['wait']:.2f} s "
+          f"({cold['wait'] / max(warm['wait'], 0.001):.0f}x)")
+    print(f"load average while measuring: {args.load[0]:.1f} -> {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
     served = cold["served"] + warm["served"]
     fetched = cold["origin_bytes"] + warm["origin_bytes"]
     print(f"bytes: {served:.0f} served to the {2 * args.containers} builds, {fetched:.0f} "
@@ -191,6 +198,7 @@ def main() -> int:
         print(f"error: {why}", file=sys.stderr)
         return 1
     os.chdir(ROOT)
+    args.load = os.getloadavg()
     task.react(bench, [args])
     return 0
 
