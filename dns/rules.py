@@ -42,7 +42,12 @@ class RedirectRules:
         return cls([*(h for u in upstreams for h in u.hosts), *local_names])
 
     def matches(self, name: str | Labels) -> bool:
+        """Also true for service names under a redirected name (``_http._tcp.NAME``, the SRV
+        records apt asks for): forwarding those would let the real zone point clients
+        around the cache, and waits on the forwarders for nothing."""
         labels = name_labels(name)
+        while labels and labels[0].startswith(b"_"):
+            labels = labels[1:]
         if labels in self.exact:
             return True
         # A suffix must leave at least one label in front of it ("strictly below").

@@ -10,7 +10,7 @@ response may be stored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Union
 
 from twisted.internet import defer, error
@@ -145,6 +145,7 @@ class Flight:
         self.outcome: Outcome | None = None
         self.vary: tuple[str, ...] = ()
         self.private = False
+        self.storable = False
         self.waiters: list[tuple[defer.Deferred, dict[str, str]]] = []
         self.request_time = 0.0
 
@@ -164,7 +165,9 @@ class Flight:
         if self.vary and variant_key(self.target.base, self.vary, headers) != \
                 variant_key(self.target.base, self.vary, self.target.headers):
             return Retry()
-        return self.outcome
+        # A client joining a download it did not start costs the upstream nothing: a hit
+        # (when the response is one the cache keeps).
+        return replace(self.outcome, label="HIT") if self.storable else self.outcome
 
     def _resolve(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -241,6 +244,7 @@ class Flight:
         self.vary = parse_vary(headers.get("vary"))
         refusal = store_refusal(self.target.rule, response.code, headers)
         self.private = refusal == "private"
+        self.storable = refusal is None
         download = Download(self.flights.store.new_partial(), _length(response),
                             self._expected_digest() if response.code == 200 else None)
         if refusal is None:

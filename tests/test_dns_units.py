@@ -395,3 +395,13 @@ def test_auto_advertises_each_listeners_own_ipv4_address(tmp_path):
     assert answers("auto", "172.17.0.1") == ["172.17.0.1", "127.0.0.1", "172.17.0.1",
                                              "172.17.0.1"]
     assert answers("192.0.2.9", "192.0.2.9") == ["192.0.2.9"] * 4
+
+
+def test_service_names_under_redirected_names_are_ours_too():
+    """apt asks for _http._tcp.deb.debian.org SRV records: never forwarded."""
+    from dns.rules import RedirectRules
+    rules = RedirectRules(["deb.debian.org", "*.archive.ubuntu.com"])
+    assert rules.matches("_http._tcp.deb.debian.org")
+    assert rules.matches("_https._tcp.de.archive.ubuntu.com.")
+    assert not rules.matches("_http._tcp.example.com")
+    assert not rules.matches("_http._tcp")

@@ -54,6 +54,8 @@ def test_fifty_clients_one_origin_request_identical_bodies_bounded_memory(origin
             assert head.startswith("HTTP/1.1 200"), head
             assert proto.body_length == BIG and proto.sha256 == expected
         assert origin.count("/maven" + path) == 1
+        misses = [head for head, _, _ in results if "X-Cache: MISS" in head]
+        assert len(misses) <= 1, "clients that joined the download are hits, not misses"
         # the slow reader is far behind and still connected: it delayed nobody
         assert slow[0].finished_at is None and slow[0].received < BIG // 4
         slow[0].transport.abortConnection()
