@@ -41,6 +41,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from gateway import verify
+from gateway.passthrough import advice
 from gateway.activity import Activity
 from gateway.admin_client import TOKEN_FILE
 from gateway.catalogue import BUILTIN, Upstream
@@ -130,7 +131,8 @@ class AdminAPI:
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "uptime": self.reactor.seconds() - self.started,
                 "docker_dns": self.top.advertise_ipv4, "addresses": self.top.addresses,
-                "listeners": self.listeners()}
+                "listeners": self.listeners(),
+                "untrusting": advice(self.top.passthrough.stats.as_dict())}
 
     def listeners(self) -> dict[str, list[int]]:
         return {kind: self.top.ports(kind) for kind in ("http", "https", "proxy", "dns", "admin")}
@@ -148,6 +150,7 @@ class AdminAPI:
             "gateway": top.stats.as_dict(),
             "dns": asdict(top.dns_stats),
             "tls": {"refused": top.tls.refused, "minted": top.tls.leaves.minted},
+            "passthrough": top.passthrough.stats.as_dict(),
             "cache": {"objects": sum(e["objects"] for e in stored.values()),
                       "bytes": store.volume(), "limit": store.size_limit, "ecosystems": stored},
             "downloads": {"active": len(top.gateway.flights.active)},

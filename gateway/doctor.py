@@ -61,7 +61,7 @@ class Situation:
 
 def run_checks(s: Situation) -> list[Check]:
     checks = [*check_addresses(s), *check_ports(s), *check_dns(s), check_https(s),
-              check_trust(s), check_docker(s)]
+              check_trust(s), check_clients_trust(s), check_docker(s)]
     return checks + check_upstreams(s)
 
 
@@ -250,6 +250,18 @@ def check_trust(s: Situation) -> Check:
 
 
 # -- Docker ----------------------------------------------------------------------------
+
+def check_clients_trust(s: Situation) -> Check:
+    """Build clients that rejected our certificate (their builds were tunnelled uncached)."""
+    title = "build clients trust the CA"
+    if s.live is None:
+        return Check(None, title, "gateway not running")
+    lines = s.live.get("untrusting", [])
+    if not lines:
+        return Check(True, title, "no client rejected the CA's certificates")
+    return Check(False, title, "; ".join(lines),
+                 "run `cachegate trust image IMAGE` for those builds' base images")
+
 
 def check_docker(s: Situation) -> Check:
     title = f"Docker DNS ({s.daemon_json})"
