@@ -6,16 +6,8 @@
 # given: builds keep working with the gateway stopped (apt falls back to plain upstreams).
 set -Eeuo pipefail
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv=${CACHEGATE_VENV:-$repo/.venv}
-daemon_json=${CACHEGATE_DOCKER_DAEMON_JSON:-/etc/docker/daemon.json}
-timeout=${CACHEGATE_TIMEOUT:-60}
-config_args=()
-if [[ -n ${CACHEGATE_CONFIG:-} ]]; then config_args=(--config "$CACHEGATE_CONFIG"); fi
-
-error() { echo "error: $*" >&2; exit 1; }
-say() { echo "cachegate: $*"; }
-trap 'error "${BASH_SOURCE[0]}: line $LINENO: $BASH_COMMAND failed"' ERR
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 restore_images=no
 while (($#)); do
@@ -25,48 +17,11 @@ while (($#)); do
   esac
 done
 
-use_systemd() {
-  case ${CACHEGATE_SYSTEMD:-auto} in
-    yes) true ;;
-    no) false ;;
-    *) [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null ;;
-  esac
-}
-
-unit_installed() { use_systemd && systemctl cat cachegate.service >/dev/null 2>&1; }
-
-docker_present() { command -v docker >/dev/null || command -v dockerd >/dev/null; }
-
-gateway_pid() {  # the pid in the pid file, if that process is a live cachegate
-  local pid
-  [[ -f $pid_file ]] || return 1
-  pid=$(<"$pid_file")
-  [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/cmdline ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q cachegate
-  echo "$pid"
-}
-
 is_running() {  # alive, and not a zombie waiting for its reaper (kill -0 says yes to one)
   local stat
   stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
   stat=${stat##*) }
   [[ ${stat:0:1} != Z ]]
-}
-
-restart_docker() {
-  if use_systemd; then
-    systemctl restart docker
-  elif command -v service >/dev/null; then
-    service docker restart
-  else
-    error "cannot restart Docker (no systemctl or service): restart it by hand"
-  fi
-  local waited=0
-  until docker info >/dev/null 2>&1; do
-    ((waited++ < timeout * 2)) || error "Docker did not answer ${timeout}s after its restart"
-    sleep 0.5
-  done
-  say "Docker restarted and answering"
 }
 
 restore_docker() {
