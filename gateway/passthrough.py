@@ -40,6 +40,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.tunnel import UpstreamEnd, UpstreamFactory, close_gently
 from gateway.catalogue import find_upstream
 from gateway.proxy import UntrustedMemo, rejects_certificate, tunnel_refusal
 
@@ -180,7 +181,7 @@ class PeekProtocol(Protocol):
         self.client = "?"
         self.name: str | None = None
         self.state = "hello"  # -> "handed" | "connecting" -> "tunnel" | "closed"
-        self.upstream: _UpstreamEnd | None = None
+        self.upstream: UpstreamEnd | None = None
         self._timer: Any = None
         self._connecting: defer.Deferred | None = None
         self._sent = 0
@@ -227,7 +228,7 @@ class PeekProtocol(Protocol):
         if self._connecting is not None:
             self._connecting.cancel()
         if state == "tunnel" and self.upstream is not None:
-            _close(self.upstream.transport)
+            close_gently(self.upstream.transport)
             self.factory.tunnel_closed(self.client, self.name, self.upstream.received)
             log.info("https: {client} tunnel to {name} closed: {up}B up, {down}B down",
                      client=self.client, name=self.name, up=self._sent,
@@ -258,7 +259,7 @@ class PeekProtocol(Protocol):
         self._connecting = d = defer.ensureDeferred(self._dial())
         d.addCallbacks(self._tunnel_open, self._tunnel_failed)
 
-    async def _dial(self) -> "_UpstreamEnd":
+    async def _dial(self) -> "UpstreamEnd":
         targets = await self.factory.locate(self.name)
         allowed = [(a, p) for a, p in targets
                    if tunnel_refusal(a, p, self.client, self.factory.is_own) is None]
@@ -270,12 +271,12 @@ class PeekProtocol(Protocol):
             endpoint = kind(self.factory.reactor, address, port,
                             timeout=self.factory.top.config.cache.connect_timeout)
             try:
-                return await endpoint.connect(_UpstreamFactory(self))
+                return await endpoint.connect(UpstreamFactory(self))
             except (error.ConnectError, error.TimeoutError, OSError) as e:
                 last = e
         raise ValueError(f"cannot connect to {self.name}: {last}")
 
-    def _tunnel_open(self, upstream: "_UpstreamEnd") -> None:
+    def _tunnel_open(self, upstream: "UpstreamEnd") -> None:
         self._connecting = None
         if self.state != "connecting":  # the client left while we connected
             upstream.transport.loseConnection()
@@ -307,40 +308,12 @@ class PeekProtocol(Protocol):
 
     def upstream_lost(self) -> None:
         if self.state == "tunnel":
-            _close(self.transport)
+            close_gently(self.transport)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-
-
-class _UpstreamEnd(Protocol):
-    def __init__(self, client: PeekProtocol) -> None:
-        self.client = client
-        self.received = 0
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self.received += len(data)
-        self.client.transport.write(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
-        self.client.upstream_lost()
-
-
-class _UpstreamFactory(Factory):
-    noisy = False
-
-    def __init__(self, client: PeekProtocol) -> None:
-        self.client = client
-
-    def buildProtocol(self, addr: Any) -> _UpstreamEnd:  # noqa: N802
-        return _UpstreamEnd(self.client)
-
-
-def _close(transport: Any) -> None:
-    transport.unregisterProducer()
-    transport.loseConnection()
 
 
 @implementer(IHandshakeListener)

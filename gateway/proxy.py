@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from dns.access import AccessPolicy
+from gateway.tunnel import UpstreamEnd, UpstreamFactory, close_gently
 from gateway.addresses import own_address_guard
 
 log = Logger()
@@ -337,7 +338,7 @@ class ProxyProtocol(Protocol):
         self.buffer = b""  # what the client sent while its tunnel was being opened
         self.state = "head"  # -> "connecting" -> "tunnel"; "handed" / "closed"
         self.client = "?"
-        self.upstream: _UpstreamEnd | None = None
+        self.upstream: UpstreamEnd | None = None
         self.target = ""
         self._timer: Any = None
         self._connecting: defer.Deferred | None = None
@@ -366,7 +367,7 @@ class ProxyProtocol(Protocol):
         if self._connecting is not None:
             self._connecting.cancel()
         if state == "tunnel" and self.upstream is not None:
-            _close(self.upstream.transport)
+            close_gently(self.upstream.transport)
             log.info("proxy: {client} tunnel to {target} closed: {up}B up, {down}B down",
                      client=self.client, target=self.target, up=self._sent,
                      down=self.upstream.received)
@@ -451,7 +452,7 @@ class ProxyProtocol(Protocol):
         d.addCallbacks(self._tunnel_open, self._tunnel_failed)
         d.addErrback(self._bug)
 
-    async def _dial(self, tunnel: Tunnel) -> "_UpstreamEnd":
+    async def _dial(self, tunnel: Tunnel) -> "UpstreamEnd":
         try:
             addresses = await self.context.resolve(tunnel.host)
         except defer.CancelledError:
@@ -467,19 +468,19 @@ class ProxyProtocol(Protocol):
             raise _Unreachable(403, f"no tunnel to {self.target}: {refusals[0]}")
         return await self._dial_any(allowed[:2], tunnel.port)
 
-    async def _dial_any(self, addresses: list[str], port: int) -> "_UpstreamEnd":
+    async def _dial_any(self, addresses: list[str], port: int) -> "UpstreamEnd":
         for i, address in enumerate(addresses):
             kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
             endpoint = kind(self.reactor, address, port, timeout=self.context.connect_timeout)
             try:
-                return await endpoint.connect(_UpstreamFactory(self))
+                return await endpoint.connect(UpstreamFactory(self))
             except (error.ConnectError, error.TimeoutError, OSError) as e:
                 if i == len(addresses) - 1:
                     status = 504 if isinstance(e, error.TimeoutError) else 502
                     raise _Unreachable(status, f"cannot connect to {self.target}: {e}") from e
         raise AssertionError("unreachable")
 
-    def _tunnel_open(self, upstream: "_UpstreamEnd") -> None:
+    def _tunnel_open(self, upstream: "UpstreamEnd") -> None:
         self._connecting = None
         if self.state != "connecting":  # the client left while we connected
             upstream.transport.loseConnection()
@@ -514,7 +515,7 @@ class ProxyProtocol(Protocol):
 
     def upstream_lost(self) -> None:
         if self.state == "tunnel":
-            _close(self.transport)
+            close_gently(self.transport)
 
     # -- endings -----------------------------------------------------------------------
 
@@ -538,38 +539,6 @@ class ProxyProtocol(Protocol):
 
 class _Unreachable(Exception):
     """(status, reason): the tunnel cannot be opened."""
-
-
-class _UpstreamEnd(Protocol):
-    """The tunnel's far side: bytes to the client as they come."""
-
-    def __init__(self, client: ProxyProtocol) -> None:
-        self.client = client
-        self.received = 0
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self.received += len(data)
-        self.client.transport.write(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
-        self.client.upstream_lost()
-
-
-class _UpstreamFactory(Factory):
-    noisy = False
-
-    def __init__(self, client: ProxyProtocol) -> None:
-        self.client = client
-
-    def buildProtocol(self, addr: Any) -> _UpstreamEnd:  # noqa: N802
-        return _UpstreamEnd(self.client)
-
-
-def _close(transport: Any) -> None:
-    """Close after the bytes already written are sent.  The peer's producer goes first:
-    a paused producer left registered would keep the connection open."""
-    transport.unregisterProducer()
-    transport.loseConnection()
 
 
 class _ChannelWatch:
