@@ -12,7 +12,6 @@ import math
 from typing import Any, Callable
 
 from dnslib import DNSRecord
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
