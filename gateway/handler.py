@@ -36,6 +36,8 @@ from tls.context import sni_name
 
 log = Logger()
 
+# Requests whose routing and entries whose response heads the fast path memoises.
+FAST_ROUTES = 16384
 # Bodies up to this size are read and written in one call: for small objects the
 # producer machinery costs more than the copy.
 SMALL_BODY = 64 * 1024
@@ -73,6 +75,9 @@ class Gateway:
         # the store: one read per object per process, not one per hit (every object is
         # covered by `cache verify`).
         self.verified: set[str] = set()
+        self._routes: dict[tuple[str, str], tuple | None] = {}  # fast-path memos
+        self._routes_for = config.upstreams
+        self._heads: dict[str, tuple[Entry, bytes]] = {}
 
     # -- routing ---------------------------------------------------------------------
 
@@ -100,15 +105,12 @@ class Gateway:
                  client: str) -> bytes | None:
         """The whole response to a plain-TCP request that is a fresh hit on a small object
         and asks nothing special (see ``fast_path``); None sends it down the normal path."""
-        host = host_of(headers.get("host", ""))
-        path = normalise_path(target)
-        upstream = find_upstream(self.config.upstreams, host) if host else None
-        if path is None or upstream is None or host in self.config.dns.local_names:
+        route = self._route(headers.get("host", ""), target)
+        if route is None:
             return None
-        rule = upstream.rule_for(path)
+        host, path, upstream, rule, base = route
         if bypass_reason(method, headers, rule):
             return None
-        base = base_key(host, path)
         entry = self.store.get(variant_key(base, self.store.vary(base), headers))
         if entry is None or entry.meta.length > SMALL_BODY or \
                 not self._fresh(rule, headers, entry) or \
@@ -126,12 +128,43 @@ class Gateway:
                 os.close(fd)
             if len(body) != entry.meta.length:
                 return None
-        head = response_head(entry.meta.status, entry.meta.headers, [
-            ("Age", str(int(entry.meta.freshness.age(self.reactor.seconds())))),
-            ("X-Cache", "HIT"), ("Content-Length", str(entry.meta.length))])
+        age = int(entry.meta.freshness.age(self.reactor.seconds()))
+        head = self._head(entry) + f"Age: {age}\r\n\r\n".encode()
         self._record(upstream.name, client, method, host, path, entry.meta.status, "HIT",
                      len(body), 0)
         return head + body
+
+    def _route(self, raw_host: str, target: str) -> tuple | None:
+        """(host, path, upstream, rule, base key) for a fast-path request, memoised: the same
+        few thousand URLs are asked again and again by every build."""
+        if self._routes_for is not self.config.upstreams:  # the catalogue was edited
+            self._routes, self._routes_for = {}, self.config.upstreams
+        route = self._routes.get((raw_host, target), False)
+        if route is False:
+            host = host_of(raw_host)
+            path = normalise_path(target)
+            upstream = find_upstream(self.config.upstreams, host) if host else None
+            route = None
+            if path is not None and upstream is not None and \
+                    host not in self.config.dns.local_names:
+                route = (host, path, upstream, upstream.rule_for(path), base_key(host, path))
+            if len(self._routes) >= FAST_ROUTES:
+                self._routes.clear()
+            self._routes[(raw_host, target)] = route
+        return route
+
+    def _head(self, entry: Entry) -> bytes:
+        """The response head of a stored entry but for its ``Age``, memoised per entry
+        (a refreshed or replaced entry is a new object)."""
+        memo = self._heads.get(entry.key)
+        if memo is None or memo[0] is not entry:
+            head = response_head(entry.meta.status, entry.meta.headers, [
+                ("X-Cache", "HIT"), ("Content-Length", str(entry.meta.length))])
+            memo = (entry, head[:-2])  # without the blank line: Age follows
+            if len(self._heads) >= FAST_ROUTES:
+                self._heads.clear()
+            self._heads[entry.key] = memo
+        return memo[1]
 
     def _local(self, request: server.Request, path: str) -> None:
         """The gateway's own name: the CA certificate for containers to trust."""
