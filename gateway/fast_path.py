@@ -13,7 +13,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 from twisted.web import http
 
-from gateway.streaming import plain_tcp
+from gateway.streaming import plain_tcp, write_now
 
 log = Logger()
 
@@ -66,16 +66,16 @@ class GatewayChannel(http.HTTPChannel):
     gives each request head ``HEADER_TIMEOUT`` seconds, and refuses obs-fold."""
 
     _head_timer = None
+    _peer: str | None = None  # the client address, once known
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._at_request_boundary():
             request = parse_simple_request(data)
             if request is not None:
-                peer = self.transport.getPeer()
-                response = self.site.gateway.fast_hit(*request, getattr(peer, "host", "?"))
+                response = self.site.gateway.fast_hit(*request, self._peer_host())
                 if response is not None:
                     self.resetTimeout()
-                    self.transport.write(response)
+                    write_now(self.transport, response)
                     return
         self._start_head_timer()
         super().dataReceived(data)
@@ -118,7 +118,9 @@ class GatewayChannel(http.HTTPChannel):
         self.transport.loseConnection()
 
     def _peer_host(self) -> str:
-        return getattr(self.transport.getPeer(), "host", "?")
+        if self._peer is None:  # once per connection: getPeer() builds a new address
+            self._peer = getattr(self.transport.getPeer(), "host", "?")
+        return self._peer
 
     def _at_request_boundary(self) -> bool:
         """Idle between requests on plain TCP, with nothing buffered or queued."""

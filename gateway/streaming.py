@@ -30,6 +30,21 @@ def plain_tcp(transport: object) -> bool:
     return isinstance(transport, tcp.Server) and not transport.TLS
 
 
+def write_now(transport: tcp.Server, data: bytes) -> None:
+    """``transport.write``, but sent at once when nothing is queued before it: Twisted
+    would queue it and send on the next reactor turn, an extra epoll round trip that is a
+    third of a small hit's cost.  What the socket does not take is queued as usual."""
+    if len(transport.dataBuffer) - transport.offset + transport._tempDataLen == 0:
+        try:
+            data = data[transport.socket.send(data):]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:  # let the transport meet the error its own way
+            pass
+    if data:
+        transport.write(data)
+
+
 @implementer(IPushProducer)
 class FileStreamer:
     """Writes bytes ``start..end`` (inclusive; ``end`` None = until the download ends) of
