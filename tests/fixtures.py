@@ -135,6 +135,24 @@ def payload(seed: str, size: int) -> bytes:
     return b"".join(payload_chunks(seed, size))
 
 
+def counter_bytes(size: int, seed: bytes = b"x") -> bytes:
+    """``size`` non-repeating bytes in memory (sha256 of a counter): a misplaced block
+    shows up in the digest.  For objects tests write into an origin's tree."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def put_object(origin_root: Path, ecosystem: str, path: str, data: bytes) -> None:
+    """Place ``data`` where the origin serves ``path`` of ``ecosystem``."""
+    target = origin_root / ecosystem / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+
+
 def make_blob(path: Path, size: int, seed: str | None = None) -> str:
     """Write a ``size``-byte non-repeating object to ``path`` a chunk at a time (memory
     stays at one chunk whatever the size); returns its sha256."""

@@ -19,30 +19,19 @@ from twisted.internet import defer, reactor
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
+from tests.fixtures import counter_bytes, put_object
 from tests.gateways import RunningGateway, gateway_config
 from tests.http_client import Reply
 from tests.origin import Origin
 
 
-def payload(size: int, seed: bytes = b"x") -> bytes:
-    """Non-repeating bytes: a misplaced block shows in the digest."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
-def write_object(origin: Origin, ecosystem: str, path: str, data: bytes) -> None:
-    target = origin.root / ecosystem / path.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
 
 
 @pytest.fixture
 def bare_origin(tmp_path):  # type: ignore[no-untyped-def]
-    """The recording origin serving an empty tree that tests fill with ``write_object``."""
+    """The recording origin serving an empty tree that tests fill with ``put_object``."""
     root = tmp_path / "origin"
     root.mkdir()
     server = Origin(root, reactor)
@@ -120,9 +109,9 @@ PYPI_HOST, ALPINE_HOST = "files.pythonhosted.org", "dl-cdn.alpinelinux.org"
 @defer.inlineCallbacks
 def serve_two(origin: Origin, gw: RunningGateway):  # type: ignore[no-untyped-def]
     """A wheel fetched twice (MISS, HIT) and an apk once (MISS): the bodies."""
-    wheel, apk = payload(70_000, b"wheel"), payload(5_000, b"apk")
-    write_object(origin, "pypi", WHEEL, wheel)
-    write_object(origin, "alpine", APK, apk)
+    wheel, apk = counter_bytes(70_000, b"wheel"), counter_bytes(5_000, b"apk")
+    put_object(origin.root, "pypi", WHEEL, wheel)
+    put_object(origin.root, "alpine", APK, apk)
     for host, path, label in ((PYPI_HOST, WHEEL, "MISS"), (PYPI_HOST, WHEEL, "HIT"),
                               (ALPINE_HOST, APK, "MISS")):
         reply = yield fetch(gw.port, host, path)
@@ -269,8 +258,8 @@ def redirected(gw: RunningGateway, name: str):  # type: ignore[no-untyped-def]
 @pytest_twisted.inlineCallbacks
 def test_upstream_edits_apply_at_once_persist_and_revert(bare_origin, admin_gateway, tmp_path):
     gw = admin_gateway(bare_origin.url)
-    data = payload(3000, b"mirror")
-    write_object(bare_origin, "corp", "/pool/c/corp_1.0.deb", data)
+    data = counter_bytes(3000, b"mirror")
+    put_object(bare_origin.root, "corp", "/pool/c/corp_1.0.deb", data)
     refused = yield fetch(gw.port, "mirror.debian.org", "/pool/c/corp_1.0.deb")
     assert refused.status == 403
     was_redirected = yield redirected(gw, "mirror.debian.org")
@@ -308,7 +297,7 @@ def test_upstream_edits_apply_at_once_persist_and_revert(bare_origin, admin_gate
 @pytest_twisted.inlineCallbacks
 def test_upstream_edit_disables_a_builtin_entry_until_deleted(bare_origin, admin_gateway):
     gw = admin_gateway(bare_origin.url)
-    write_object(bare_origin, "alpine", APK, payload(100))
+    put_object(bare_origin.root, "alpine", APK, counter_bytes(100))
     yield admin_json(gw, "PUT", "/api/upstreams/alpine", {"enabled": False})
     refused = yield fetch(gw.port, ALPINE_HOST, APK)
     assert refused.status == 403
@@ -462,8 +451,8 @@ def test_a_slow_upstream_download_logs_its_progress(bare_origin, admin_gateway, 
                                                     progress_lines):
     monkeypatch.setattr(progress, "PROGRESS_INTERVAL", 0.1)
     gw = admin_gateway(bare_origin.url)
-    data = payload(60_000, b"slow")
-    write_object(bare_origin, "pypi", WHEEL, data)
+    data = counter_bytes(60_000, b"slow")
+    put_object(bare_origin.root, "pypi", WHEEL, data)
     bare_origin.behave("/pypi" + WHEEL, slow_bytes_per_s=100_000)  # ~0.6 s: several ticks
     reply = yield fetch(gw.port, PYPI_HOST, WHEEL)
     assert reply.body == data

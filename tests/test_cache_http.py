@@ -11,26 +11,15 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from gateway.catalogue import Policy, Rule
+from tests.fixtures import counter_bytes, put_object
 from tests.http_client import fetch, raw_get
 
 def sleep(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-def write_object(origin, ecosystem: str, path: str, data: bytes) -> None:
-    target = origin.root / ecosystem / path.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
 
 
-def payload(size: int, seed: bytes = b"x") -> bytes:
-    """Non-repeating bytes: a misplaced block shows up in the digest."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
 @pytest_twisted.inlineCallbacks
@@ -51,7 +40,7 @@ def test_every_fixture_object_is_a_hit_the_second_time(origin, fixtures, start_g
 
 @pytest_twisted.inlineCallbacks
 def test_absolute_form_requests_are_served_like_redirected_ones(origin, start_gateway):
-    write_object(origin, "alpine", "/alpine/v3.19/main/x86_64/a-1.0-r0.apk", payload(5000))
+    put_object(origin.root, "alpine", "/alpine/v3.19/main/x86_64/a-1.0-r0.apk", counter_bytes(5000))
     gw = start_gateway(origin.url)
     path = "/alpine/v3.19/main/x86_64/a-1.0-r0.apk"
     via_proxy = yield fetch(gw.port, "dl-cdn.alpinelinux.org", path, proxy=True)
@@ -84,8 +73,8 @@ def test_path_tricks_are_refused(origin, start_gateway):
 def test_origin_dies_mid_body_nothing_is_stored_and_next_request_refetches(origin,
                                                                            start_gateway):
     path = "/maven2/org/ex/broken/1.0/broken-1.0.jar"
-    data = payload(2_000_000)
-    write_object(origin, "maven", path, data)
+    data = counter_bytes(2_000_000)
+    put_object(origin.root, "maven", path, data)
     origin.behave("/maven" + path, fail_after=300_000)
     gw = start_gateway(origin.url)
     head, body, _ = yield raw_get(gw.port, "repo1.maven.org", path)
@@ -103,16 +92,16 @@ def test_origin_dies_mid_body_nothing_is_stored_and_next_request_refetches(origi
 
 @pytest_twisted.inlineCallbacks
 def test_blake2b_mismatch_is_never_stored_nor_served_whole(origin, start_gateway):
-    good = payload(300_000, b"good")
+    good = counter_bytes(300_000, b"good")
     digest = hashlib.blake2b(good, digest_size=32).hexdigest()
     path = f"/packages/{digest[:2]}/{digest[2:4]}/{digest[4:]}/pkg-1.0-py3-none-any.whl"
-    write_object(origin, "pypi", path, payload(300_000, b"evil"))  # same size, other bytes
+    put_object(origin.root, "pypi", path, counter_bytes(300_000, b"evil"))  # same size, other bytes
     gw = start_gateway(origin.url)
     head, body, _ = yield raw_get(gw.port, "files.pythonhosted.org", path)
     assert len(body) < 300_000, "the client must not receive a complete-looking bad body"
     yield sleep(0.1)
     assert list(gw.store.entries()) == []
-    write_object(origin, "pypi", path, good)
+    put_object(origin.root, "pypi", path, good)
     reply = yield fetch(gw.port, "files.pythonhosted.org", path)
     assert reply.body == good
     again = yield fetch(gw.port, "files.pythonhosted.org", path)
@@ -122,8 +111,8 @@ def test_blake2b_mismatch_is_never_stored_nor_served_whole(origin, start_gateway
 @pytest_twisted.inlineCallbacks
 def test_range_on_hit_and_on_miss(origin, start_gateway):
     path = "/debian/pool/main/r/range/range_1.0_all.deb"
-    data = payload(1_000_000)
-    write_object(origin, "debian", path, data)
+    data = counter_bytes(1_000_000)
+    put_object(origin.root, "debian", path, data)
     gw = start_gateway(origin.url)
     miss = yield fetch(gw.port, "deb.debian.org", path, {"Range": "bytes=1000-1999"})
     assert miss.status == 206 and miss.body == data[1000:2000]
@@ -143,7 +132,7 @@ def test_range_on_hit_and_on_miss(origin, start_gateway):
 @pytest_twisted.inlineCallbacks
 def test_conditional_requests_get_304_from_the_cache(origin, start_gateway):
     path = "/maven2/org/ex/cond/1.0/cond-1.0.pom"
-    write_object(origin, "maven", path, b"<project/>")
+    put_object(origin.root, "maven", path, b"<project/>")
     gw = start_gateway(origin.url)
     first = yield fetch(gw.port, "repo1.maven.org", path)
     etag, modified = first.headers["etag"], first.headers["last-modified"]
@@ -159,7 +148,7 @@ def test_conditional_requests_get_304_from_the_cache(origin, start_gateway):
 @pytest_twisted.inlineCallbacks
 def test_stale_copy_is_revalidated_then_served_when_origin_fails(origin, start_gateway):
     path = "/simple/stale-demo/"
-    write_object(origin, "pypi", path + "index.html", b"<a href='x'>x</a>")
+    put_object(origin.root, "pypi", path + "index.html", b"<a href='x'>x</a>")
     gw = start_gateway(origin.url, rules={"pypi": (Rule("^/simple/", Policy.REVALIDATE, 0),)})
     first = yield fetch(gw.port, "pypi.org", path)
     assert first.headers["x-cache"] == "MISS"
@@ -237,7 +226,7 @@ def test_concurrent_clients_of_different_variants_each_get_their_own(origin, fix
 @pytest_twisted.inlineCallbacks
 def test_credentials_and_cookies_are_never_stored(origin, start_gateway):
     path = "/maven2/org/ex/secret/1.0/secret-1.0.jar"
-    write_object(origin, "maven", path, payload(1000))
+    put_object(origin.root, "maven", path, counter_bytes(1000))
     gw = start_gateway(origin.url)
     for _ in range(2):
         reply = yield fetch(gw.port, "repo1.maven.org", path, {"Authorization": "Bearer t0ken"})
@@ -247,7 +236,7 @@ def test_credentials_and_cookies_are_never_stored(origin, start_gateway):
     plain = yield fetch(gw.port, "repo1.maven.org", path)
     assert plain.headers["x-cache"] == "MISS", "an authenticated response must not be served"
     cookie = "/maven2/org/ex/cookie/1.0/cookie-1.0.jar"
-    write_object(origin, "maven", cookie, payload(1000))
+    put_object(origin.root, "maven", cookie, counter_bytes(1000))
     origin.behave("/maven" + cookie, headers={"Set-Cookie": "session=abc"})
     yield fetch(gw.port, "repo1.maven.org", cookie)
     again = yield fetch(gw.port, "repo1.maven.org", cookie)
@@ -259,7 +248,7 @@ def test_private_and_no_store_responses_are_not_stored(origin, start_gateway):
     gw = start_gateway(origin.url)
     for name, cc in (("private", "private, max-age=600"), ("nostore", "no-store")):
         path = f"/maven2/org/ex/{name}/1.0/{name}-1.0.jar"
-        write_object(origin, "maven", path, payload(100))
+        put_object(origin.root, "maven", path, counter_bytes(100))
         origin.behave("/maven" + path, headers={"Cache-Control": cc})
         yield fetch(gw.port, "repo1.maven.org", path)
         yield fetch(gw.port, "repo1.maven.org", path)
@@ -269,20 +258,20 @@ def test_private_and_no_store_responses_are_not_stored(origin, start_gateway):
 @pytest_twisted.inlineCallbacks
 def test_head_on_miss_and_hit(origin, start_gateway):
     path = "/debian/pool/main/h/head/head_1.0_all.deb"
-    write_object(origin, "debian", path, payload(4096))
+    put_object(origin.root, "debian", path, counter_bytes(4096))
     gw = start_gateway(origin.url)
     head = yield fetch(gw.port, "deb.debian.org", path, method="HEAD")
     assert head.status == 200 and head.body == b"" and head.headers["content-length"] == "4096"
     yield sleep(0.1)
     get = yield fetch(gw.port, "deb.debian.org", path)
-    assert get.body == payload(4096) and get.headers["x-cache"] == "HIT"
+    assert get.body == counter_bytes(4096) and get.headers["x-cache"] == "HIT"
     assert origin.count("/debian" + path) == 1
 
 
 @pytest_twisted.inlineCallbacks
 def test_unsafe_method_passes_through_and_invalidates(origin, start_gateway):
     path = "/maven2/org/ex/put/1.0/put-1.0.jar"
-    write_object(origin, "maven", path, payload(100))
+    put_object(origin.root, "maven", path, counter_bytes(100))
     gw = start_gateway(origin.url)
     yield fetch(gw.port, "repo1.maven.org", path)
     origin.behave("/maven" + path, status=201, times=1)
@@ -307,7 +296,7 @@ def test_npm_audit_is_passed_through_unstored(origin, start_gateway):
 def test_lru_eviction_at_the_size_limit(origin, start_gateway):
     names = [f"/maven2/org/ex/lru/1.0/lru-{i}.jar" for i in range(4)]
     for i, name in enumerate(names):
-        write_object(origin, "maven", name, payload(400_000, bytes([i])))
+        put_object(origin.root, "maven", name, counter_bytes(400_000, bytes([i])))
     gw = start_gateway(origin.url, size_limit=1_300_000)
     for name in names[:3]:
         yield fetch(gw.port, "repo1.maven.org", name)
@@ -327,8 +316,8 @@ def test_lru_eviction_at_the_size_limit(origin, start_gateway):
 @pytest_twisted.inlineCallbacks
 def test_apt_indexes_follow_their_suites_inrelease(origin, start_gateway):
     suite = "/debian/dists/demo/"
-    write_object(origin, "debian", suite + "InRelease", b"generation 1")
-    write_object(origin, "debian", suite + "main/binary-amd64/Packages", b"packages 1")
+    put_object(origin.root, "debian", suite + "InRelease", b"generation 1")
+    put_object(origin.root, "debian", suite + "main/binary-amd64/Packages", b"packages 1")
     gw = start_gateway(origin.url,
                        rules={"debian": (Rule("/InRelease$", Policy.REVALIDATE, 0, apt_index=True),)})
     yield fetch(gw.port, "deb.debian.org", suite + "InRelease")
@@ -336,8 +325,8 @@ def test_apt_indexes_follow_their_suites_inrelease(origin, start_gateway):
     hit = yield fetch(gw.port, "deb.debian.org", suite + "main/binary-amd64/Packages")
     assert hit.headers["x-cache"] == "HIT"
     yield sleep(1.1)  # Last-Modified has one-second resolution
-    write_object(origin, "debian", suite + "InRelease", b"generation 2")
-    write_object(origin, "debian", suite + "main/binary-amd64/Packages", b"packages 2")
+    put_object(origin.root, "debian", suite + "InRelease", b"generation 2")
+    put_object(origin.root, "debian", suite + "main/binary-amd64/Packages", b"packages 2")
     release = yield fetch(gw.port, "deb.debian.org", suite + "InRelease")
     assert release.body == b"generation 2"
     packages = yield fetch(gw.port, "deb.debian.org", suite + "main/binary-amd64/Packages")
@@ -357,7 +346,7 @@ def test_an_origin_that_is_the_gateway_itself_is_refused_not_looped(start_gatewa
 @pytest_twisted.inlineCallbacks
 def test_upstream_silence_times_out(origin, start_gateway):
     path = "/maven2/org/ex/stall/1.0/stall-1.0.jar"
-    write_object(origin, "maven", path, payload(3_000_000))
+    put_object(origin.root, "maven", path, counter_bytes(3_000_000))
     gw = start_gateway(origin.url, idle_timeout=0.5, connect_timeout=0.5)
     origin.behave("/maven" + path, delay_headers=5, times=1)
     reply = yield fetch(gw.port, "repo1.maven.org", path)

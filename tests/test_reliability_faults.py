@@ -19,6 +19,7 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.logger import globalLogPublisher
 
 from gateway.catalogue import Policy, Rule
+from tests.fixtures import counter_bytes
 from tests.dns_helpers import ADVERTISED, FakeUpstream, RunningResolver, UdpClient, dns_config
 from tests.http_client import fetch, raw_get
 
@@ -27,14 +28,6 @@ def sleep(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-def payload(size: int, seed: bytes = b"x") -> bytes:
-    import hashlib
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
 def put(origin, ecosystem: str, path: str, data: bytes) -> None:  # type: ignore[no-untyped-def]
@@ -104,7 +97,7 @@ def test_wrong_content_length_is_never_stored_nor_served_whole(start_gateway):
     """Content-Length 200 000, 100 000 bytes, then a clean close.  (A *shorter* length
     than the body is indistinguishable from a short object on the wire; where the URL
     names a digest, the blake2b test in test_cache_http.py catches it.)"""
-    data = payload(100_000)
+    data = counter_bytes(100_000)
     factory = protocol.Factory.forProtocol(_Babbler)
     factory.reply = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + data
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -128,7 +121,7 @@ def test_wrong_content_length_is_never_stored_nor_served_whole(start_gateway):
 def test_a_5xx_storm_is_ridden_out_on_stale_copies(origin, start_gateway):
     paths = [f"/simple/storm-{i}/" for i in range(5)]
     for path in paths:
-        put(origin, "pypi", path + "index.html", payload(2000, path.encode()))
+        put(origin, "pypi", path + "index.html", counter_bytes(2000, path.encode()))
     gw = start_gateway(origin.url, rules={"pypi": (Rule("^/simple/", Policy.REVALIDATE, 0),)})
     first = {}
     for path in paths:
@@ -188,11 +181,11 @@ def test_disk_full_requests_are_streamed_through_unstored_then_stored_again(
     object is stored."""
     gw = start_gateway(origin.url, state_dir=small_fs / "state")
     small = "/maven2/org/ex/full/1.0/small-1.0.jar"
-    put(origin, "maven", small, payload(50_000, b"small"))
+    put(origin, "maven", small, counter_bytes(50_000, b"small"))
     yield fetch(gw.port, "repo1.maven.org", small)  # stored while there is room
     filler = _fill(small_fs, leave=200_000)
     big = "/maven2/org/ex/full/1.0/big-1.0.jar"
-    data = payload(12_000_000, b"big")  # more than MAX_SPILL: the upstream is pushed back
+    data = counter_bytes(12_000_000, b"big")  # more than MAX_SPILL: the upstream is pushed back
     put(origin, "maven", big, data)
     slow: list = []
     herd = [raw_get(gw.port, "repo1.maven.org", big, keep=False) for _ in range(3)]
@@ -282,7 +275,7 @@ def test_a_spilled_download_pushes_back_and_its_pause_is_not_a_stall(tmp_path):
     download.position(reader, 0)
     receiver = _BodyReceiver(download, clock, idle_timeout=5)
     receiver.makeConnection(upstream)
-    body = payload(MAX_SPILL + 1000)
+    body = counter_bytes(MAX_SPILL + 1000)
     receiver.dataReceived(body)
     assert download.spilled and upstream.paused and download.on_disk == 0
     clock.advance(20)
