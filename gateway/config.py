@@ -81,12 +81,18 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class TrustConfig:
+    images: tuple[str, ...] = ()  # shadowed by `cachegate trust image` and start.sh
+
+
+@dataclass(frozen=True)
 class Config:
     source: str = "<defaults>"
     server: ServerConfig = field(default_factory=ServerConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
     upstreams: tuple[Upstream, ...] = BUILTIN
 
 
@@ -107,7 +113,8 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(data: dict[str, Any], source: str) -> Config:
     """Validate a parsed TOML document into a ``Config``."""
-    _Reader(data, source, "").reject_unknown({"server", "dns", "cache", "tls", "upstreams"})
+    _Reader(data, source, "").reject_unknown({"server", "dns", "cache", "tls", "trust",
+                                           "upstreams"})
     section = lambda name: _Reader(_table(data, name, source), source, name)  # noqa: E731
     return Config(
         source=source,
@@ -115,6 +122,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         dns=_dns(section("dns")),
         cache=_cache(section("cache")),
         tls=_tls(section("tls")),
+        trust=_trust(section("trust")),
         upstreams=_upstreams(_table(data, "upstreams", source), source),
     )
 
@@ -241,6 +249,11 @@ def _tls(r: _Reader) -> TlsConfig:
         key_type=r.convert("key_type", str, d.key_type, lambda v: _choice(v, ("ecdsa", "rsa"))),
         name_constraints=r.get("name_constraints", bool, d.name_constraints),
     )
+
+
+def _trust(r: _Reader) -> TrustConfig:
+    r.reject_unknown({"images"})
+    return TrustConfig(images=r.each("images", (), image_reference))
 
 
 _UPSTREAM_KEYS = {"hosts", "origin", "scheme", "rules", "enabled"}
@@ -382,6 +395,20 @@ def _hostname(value: str) -> str:
     if not _HOSTNAME.fullmatch(name):
         raise ValueError("not a valid hostname")
     return name
+
+
+# A Docker image reference by name and optional tag: [registry[:port]/]path[:tag].
+_IMAGE = re.compile(r"^(?:[A-Za-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+                    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::\w[\w.-]{0,127})?$")
+
+
+def image_reference(value: str) -> str:
+    if "@" in value:
+        raise ValueError("a digest reference cannot be shadowed (FROM by digest never uses "
+                         "a local tag); name it by tag")
+    if not _IMAGE.match(value):
+        raise ValueError("not an image reference (NAME[:TAG], e.g. python:3.12-slim)")
+    return value
 
 
 def _host_pattern(value: str) -> str:

@@ -1,7 +1,7 @@
 """The Python half of ``scripts/start.sh`` and ``scripts/stop.sh``.
 
     python -m gateway.hostsetup [--config FILE] env
-        shell assignments: STATE_DIR, ADMIN_URL
+        shell assignments: STATE_DIR, ADMIN_URL, TRUST_IMAGES (trust.images, space-separated)
     python -m gateway.hostsetup [--config FILE] wait [--timeout S] [--pid N]
         until /healthz answers and our DNS answers a local name; prints the address
         Docker's DNS must point at
@@ -44,7 +44,8 @@ class SetupError(Exception):
 
 
 def shell_env(config: Config) -> str:
-    values = {"STATE_DIR": str(config.server.state_dir), "ADMIN_URL": admin_url(config)}
+    values = {"STATE_DIR": str(config.server.state_dir), "ADMIN_URL": admin_url(config),
+              "TRUST_IMAGES": " ".join(config.trust.images)}
     return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
 
 

@@ -6,7 +6,10 @@
   pulling, so every Dockerfile on the host trusts the CA without an edit.  The original is
   recorded in ``<state_dir>/trust/images.json`` and kept alive by a tag under
   ``cachegate-original/`` (a dangling image would go with the next ``docker image prune``).
-  ``--restore`` tags the original back.  ``trust images`` lists what is shadowed.
+  With no names it takes ``trust.images`` of the config (what start.sh runs at each
+  start): an image still shadowed with the same CA and script is left as it is, one pulled
+  or re-tagged since is shadowed afresh.  ``--restore`` tags the original back.
+  ``trust images`` lists what is shadowed.
 - ``trust host [--remove]``: the host's store (``update-ca-certificates`` on Debian and
   Ubuntu, ``update-ca-trust`` on the RHEL family).
 - ``trust buildx``: the ``[dns]`` section of ``buildkitd.toml`` for ``docker-container``
@@ -19,6 +22,7 @@ user's context and credentials, and tests replace it with a recording fake.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.config import image_reference
 from tls.store import ca_paths
 
 EXIT_OK, EXIT_ERROR = 0, 1
@@ -94,6 +99,7 @@ class Shadowed:
     original_id: str
     base: str  # what the derived image is FROM: repo@digest, else the keep-alive tag
     derived_id: str
+    recipe: str = ""  # sha256 of what built it (Dockerfile, CA, script)
 
 
 def dockerfile(base: str, user: str, original_id: str) -> str:
@@ -118,9 +124,6 @@ def keep_alive_tag(image: str) -> str:
 
 
 def split_tag(image: str) -> tuple[str, str]:
-    if "@" in image:
-        raise TrustError(f"{image}: a digest reference cannot be shadowed (FROM by digest "
-                         f"never uses a local tag); name it by tag")
     name, _, tag = image.rpartition(":")
     if not name or "/" in tag:
         return image, "latest"
@@ -171,25 +174,31 @@ class ImageRecords:
 
 
 def shadow(docker: Docker, image: str, ca_pem: bytes, known: Shadowed | None) -> Shadowed:
-    """Build and tag the derived image for ``image``; rebuilt from the recorded original
-    when ``image`` is already shadowed (a new CA, a new script)."""
-    keep = keep_alive_tag(image)
-    if known is not None:
+    """Build and tag the derived image for ``image``.  When ``image`` is still our derived
+    image it is rebuilt from the recorded original, and only if the recipe (CA, script,
+    Dockerfile) changed; when it was pulled or re-tagged since, the new image becomes the
+    original."""
+    current = docker.inspect(image)
+    if known is not None and current["Id"] == known.derived_id:
         original_id, base = known.original_id, known.base
         info = docker.inspect(original_id)
     else:
-        info = docker.inspect(image)
-        if LABEL in ((info.get("Config") or {}).get("Labels") or {}):
+        if LABEL in ((current.get("Config") or {}).get("Labels") or {}):
             raise TrustError(f"{image}: already a derived image but not in the records: "
                              f"pull the original again first")
-        original_id = info["Id"]
-        docker("tag", original_id, keep)
-        base = _repo_digest(image, info) or keep
+        info, original_id = current, current["Id"]
+        docker("tag", original_id, keep_alive_tag(image))
+        base = _repo_digest(image, info) or keep_alive_tag(image)
     user = (info.get("Config") or {}).get("User") or ""
+    text = dockerfile(base, user, original_id)
+    script = _script()
+    recipe = hashlib.sha256(b"\0".join((text.encode(), ca_pem, script))).hexdigest()
+    if known is not None and current["Id"] == known.derived_id and known.recipe == recipe:
+        return known
     with tempfile.TemporaryDirectory(prefix="cachegate-trust-") as context:
-        _write_context(Path(context), dockerfile(base, user, original_id), ca_pem)
+        _write_context(Path(context), text, ca_pem, script)
         docker("build", "--tag", image, context)
-    return Shadowed(image, original_id, base, docker.inspect(image)["Id"])
+    return Shadowed(image, original_id, base, docker.inspect(image)["Id"], recipe)
 
 
 def _repo_digest(image: str, info: dict) -> str | None:
@@ -201,14 +210,18 @@ def _repo_digest(image: str, info: dict) -> str | None:
     return None
 
 
-def _write_context(context: Path, text: str, ca_pem: bytes) -> None:
-    (context / "Dockerfile").write_text(text)
-    (context / "ca.crt").write_bytes(ca_pem)
+def _script() -> bytes:
     try:
-        shutil.copyfile(SCRIPT, context / "trust-ca.sh")
+        return SCRIPT.read_bytes()
     except OSError as e:  # installed without the checkout's scripts/
         raise TrustError(f"{SCRIPT}: {e.strerror} (run cachegate from its checkout, "
                          f"installed with pip install -e)") from None
+
+
+def _write_context(context: Path, text: str, ca_pem: bytes, script: bytes) -> None:
+    (context / "Dockerfile").write_text(text)
+    (context / "ca.crt").write_bytes(ca_pem)
+    (context / "trust-ca.sh").write_bytes(script)
 
 
 def restore(docker: Docker, record: Shadowed) -> None:
@@ -226,13 +239,23 @@ def ca_pem(config: Any) -> bytes:
 
 
 def cmd_image(args: argparse.Namespace, config: Any) -> int:
+    """Shadow the images named, else those of ``trust.images`` in the config; restore the
+    named ones, else every shadowed image."""
     records = ImageRecords(config.server.state_dir)
     known = records.load()
     docker = Docker()
-    if not args.images and not args.restore:
-        raise TrustError("name at least one image (e.g. trust image debian:bookworm)")
-    for image in args.images or sorted(known):
-        split_tag(image)
+    if args.restore:
+        wanted = args.images or sorted(known)
+    else:
+        wanted = args.images or list(config.trust.images)
+        if not wanted:
+            raise TrustError(f"name at least one image (e.g. trust image debian:bookworm) or "
+                             f"list them in trust.images of {config.source}")
+    for image in wanted:
+        try:
+            image_reference(image)
+        except ValueError as e:
+            raise TrustError(f"{image}: {e}") from None
         if args.restore:
             if image not in known:
                 raise TrustError(f"{image}: not shadowed by cachegate (see `cachegate trust "
@@ -241,9 +264,13 @@ def cmd_image(args: argparse.Namespace, config: Any) -> int:
             restore(docker, record)
             print(f"{image}: restored to the original {record.original_id[:19]}")
         else:
-            known[image] = shadow(docker, image, ca_pem(config), known.get(image))
-            print(f"{image}: now trusts the cachegate CA (original "
-                  f"{known[image].original_id[:19]} kept as {keep_alive_tag(image)})")
+            before = known.get(image)
+            known[image] = shadow(docker, image, ca_pem(config), before)
+            original = f"{known[image].original_id[:19]} kept as {keep_alive_tag(image)}"
+            if known[image] is before:
+                print(f"{image}: already trusts the cachegate CA (original {original})")
+                continue
+            print(f"{image}: now trusts the cachegate CA (original {original})")
         records.save(known)
     return EXIT_OK
 

@@ -19,6 +19,8 @@
 #   --trust-images "debian:bookworm python:3.12 …"   5. also make these local images trust
 #       the CA (`cachegate trust image`: derived images tagged with the same names, so
 #       Dockerfiles built FROM them need no change); stop.sh --restore-images undoes it.
+#       Without the option or the variable: trust.images of the config.  An image already
+#       shadowed with the current CA is left as it is, so a restart rebuilds nothing.
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -108,10 +110,11 @@ trust_images() {
 
 ensure_venv
 py=$venv/bin/python
-STATE_DIR='' ADMIN_URL=''
+STATE_DIR='' ADMIN_URL='' TRUST_IMAGES=''
 env_lines=$("$py" -m gateway.hostsetup "${config_args[@]}" env)
-eval "$env_lines"  # sets STATE_DIR and ADMIN_URL, values quoted by the helper
+eval "$env_lines"  # sets STATE_DIR, ADMIN_URL and TRUST_IMAGES, quoted by the helper
 state_dir=$STATE_DIR
+trust_images=${trust_images:-$TRUST_IMAGES}
 pid_file=$state_dir/cachegate.pid
 log_file=$state_dir/cachegate.log
 wait_pid=

@@ -68,7 +68,7 @@ py=$venv/bin/python
 [[ -x $py ]] || error "$venv is missing: was cachegate started with scripts/start.sh?"
 STATE_DIR=''
 env_lines=$("$py" -m gateway.hostsetup "${config_args[@]}" env)
-eval "$env_lines"  # sets STATE_DIR (and ADMIN_URL), values quoted by the helper
+eval "$env_lines"  # sets STATE_DIR (and ADMIN_URL, TRUST_IMAGES), quoted by the helper
 pid_file=$STATE_DIR/cachegate.pid
 restore_images() {
   [[ $restore_images == yes ]] || return 0

@@ -21,6 +21,13 @@ def test_every_key_has_a_default(tmp_path):
         {u.name for u in config.upstreams}
 
 
+def test_trust_images_accepts_docker_references():
+    images = ("debian:bookworm", "python:3.12-slim", "eclipse-temurin:21-jdk", "node",
+              "ghcr.io/org/app:1.2", "registry.local:5000/team/app")
+    assert parse_config({"trust": {"images": list(images)}}, "c.toml").trust.images == images
+    assert parse_config({}, "c.toml").trust.images == ()
+
+
 def test_upstream_entries_are_overridden_and_extended():
     config = parse_config({"upstreams": {
         "pypi": {"origin": "http://127.0.0.1:9000/pypi/",
@@ -56,6 +63,10 @@ def test_upstream_entries_are_overridden_and_extended():
     ({"upstreams": {"pypi": {"rules": [{"path": "x", "policy": "always"}]}}},
      "upstreams.pypi.rules[0].policy", "not a valid Policy"),
     ({"upstreams": {"pypi": {"hosts": ["bad host"]}}}, "upstreams.pypi.hosts", "hostname"),
+    ({"trust": {"images": "debian"}}, "trust.images", "expected a list"),
+    ({"trust": {"images": ["Debian:12"]}}, "trust.images", "not an image reference"),
+    ({"trust": {"images": ["debian@sha256:00"]}}, "trust.images", "digest reference"),
+    ({"trust": {"image": []}}, "trust.image", "unknown key"),
 ])
 def test_bad_values_name_file_key_and_reason(data, key, reason):
     with pytest.raises(ConfigError) as info:

@@ -137,14 +137,43 @@ def test_image_without_repo_digest_builds_from_the_keep_alive_tag(setup):
     assert text.endswith("USER app\n")
 
 
-def test_trusting_again_rebuilds_from_the_original_not_the_derived(setup):
+def test_trusting_again_changes_nothing_until_the_ca_changes(setup, capsys):
     config_file, state, home = setup
     assert cachegate(config_file, "trust", "image", "python:3.12") == 0
     assert cachegate(config_file, "trust", "image", "python:3.12") == 0
+    assert [c[0] for c in calls(home)].count("build") == 1
+    assert "python:3.12: already trusts the cachegate CA" in capsys.readouterr().out
+    ca_paths(state)[0].write_bytes(ca_paths(state)[0].read_bytes() + b"\n")  # a new CA
+    assert cachegate(config_file, "trust", "image", "python:3.12") == 0
     second = (home / "builds/1/Dockerfile").read_text()
-    assert second == (home / "builds/0/Dockerfile").read_text()
+    assert second == (home / "builds/0/Dockerfile").read_text()  # FROM the original
     assert ["image", "inspect", PYTHON_IMAGE["Id"]] in calls(home)
     assert ImageRecords(state).load()["python:3.12"].derived_id == "sha256:derived1"
+
+
+def test_an_image_pulled_since_becomes_the_new_original(setup):
+    config_file, state, home = setup
+    assert cachegate(config_file, "trust", "image", "python:3.12") == 0
+    pulled = {**PYTHON_IMAGE, "Id": "sha256:" + "e" * 64,
+              "RepoDigests": ["python@sha256:" + "f" * 64]}
+    db = images(home)
+    db["python:3.12"] = pulled
+    (home / "images.json").write_text(json.dumps(db))
+    assert cachegate(config_file, "trust", "image", "python:3.12") == 0
+    assert (home / "builds/1/Dockerfile").read_text().startswith(
+        f"FROM python@sha256:{'f' * 64}\n")
+    assert images(home)["cachegate-original/python:3.12"] == pulled
+    assert ImageRecords(state).load()["python:3.12"].original_id == pulled["Id"]
+
+
+def test_without_names_the_config_list_is_trusted(setup):
+    config_file, state, home = setup
+    with config_file.open("a") as f:
+        f.write('[trust]\nimages = ["python:3.12", "registry.local:5000/team/app"]\n')
+    assert cachegate(config_file, "trust", "image") == 0
+    assert set(ImageRecords(state).load()) == {"python:3.12", "registry.local:5000/team/app"}
+    assert cachegate(config_file, "trust", "image") == 0
+    assert [c[0] for c in calls(home)].count("build") == 2
 
 
 def test_restore_tags_the_original_back(setup, capsys):
@@ -170,9 +199,9 @@ def test_restore_without_names_restores_every_shadowed_image(setup):
     assert ImageRecords(state).load() == {}
 
 
-def test_trust_image_without_names_is_an_error(setup, capsys):
+def test_trust_image_without_names_or_config_list_is_an_error(setup, capsys):
     assert cachegate(setup[0], "trust", "image") == 1
-    assert "name at least one image" in capsys.readouterr().err
+    assert f"list them in trust.images of {setup[0]}" in capsys.readouterr().err
 
 
 def test_restore_of_an_image_never_shadowed_is_an_error(setup, capsys):
@@ -188,6 +217,8 @@ def test_missing_image_and_digest_references_are_one_line_errors(setup, capsys):
     assert "No such image: nope:1" in capsys.readouterr().err
     assert cachegate(config_file, "trust", "image", "python@sha256:" + "d" * 64) == 1
     assert "digest reference" in capsys.readouterr().err
+    assert cachegate(config_file, "trust", "image", "Python 3") == 1
+    assert "Python 3: not an image reference" in capsys.readouterr().err
 
 
 def test_an_unrecorded_derived_image_is_refused(setup, capsys):

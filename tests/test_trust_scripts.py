@@ -61,6 +61,19 @@ def test_start_trusts_images_and_stop_keeps_them_unless_asked(trust_host):
     assert images(trust_host.docker_home)["python:3.12"] == PYTHON_IMAGE
 
 
+def test_start_trusts_the_config_list_and_a_restart_rebuilds_nothing(trust_host):
+    with trust_host.config.open("a") as f:
+        f.write('\n[trust]\nimages = ["python:3.12"]\n')
+    out = ok(trust_host.run_with(START))
+    assert "python:3.12: now trusts the cachegate CA" in out
+    ok(trust_host.run_with(STOP))
+    out = ok(trust_host.run_with(START))
+    assert "python:3.12: already trusts the cachegate CA" in out
+    assert [c[0] for c in calls(trust_host.docker_home)].count("build") == 1
+    ok(trust_host.run_with(STOP, "--restore-images"))
+    assert images(trust_host.docker_home)["python:3.12"] == PYTHON_IMAGE
+
+
 @pytest.mark.parametrize("script, args", [(START, ("--trust-images",)),
                                           (START, ("--bogus",)), (STOP, ("--bogus",))])
 def test_bad_arguments_are_one_line_errors(trust_host, script, args):
