@@ -825,6 +825,16 @@ def maven_plugin_repo(repo: Path = MAVEN_REPO) -> tuple[Path, str] | None:
     return repo, max(versions, key=_maven_version_key)
 
 
+def plugin_repository_settings(plugin_url: str) -> str:
+    """Maven settings naming only a plugin repository (Debian's, as ``file://``): the
+    artifacts come from the super POM's Central, as in an unconfigured build."""
+    return ("<settings><profiles><profile><id>plugins</id><pluginRepositories>"
+            f"<pluginRepository><id>central</id><url>{plugin_url}</url>"
+            "<releases><updatePolicy>never</updatePolicy><checksumPolicy>ignore</checksumPolicy>"
+            "</releases></pluginRepository></pluginRepositories></profile></profiles>"
+            "<activeProfiles><activeProfile>plugins</activeProfile></activeProfiles></settings>\n")
+
+
 def _maven_version_key(version: str) -> tuple:
     return tuple(int(p) if p.isdigit() else -1 for p in version.replace("-", ".").split("."))
 

@@ -459,12 +459,7 @@ def _mvn(tree: fx.Fixtures, trust: Trust, work: Path) -> list[Step]:
     plugins, version = found
     # Only the plugin repository is set (Debian's, as file://): artifacts come from the
     # super POM's Central. An empty global settings file keeps the host's out.
-    (work / "settings.xml").write_text(
-        "<settings><profiles><profile><id>plugins</id><pluginRepositories>"
-        f"<pluginRepository><id>central</id><url>{plugins.as_uri()}</url>"
-        "<releases><updatePolicy>never</updatePolicy><checksumPolicy>ignore</checksumPolicy>"
-        "</releases></pluginRepository></pluginRepositories></profile></profiles>"
-        "<activeProfiles><activeProfile>plugins</activeProfile></activeProfiles></settings>\n")
+    (work / "settings.xml").write_text(fx.plugin_repository_settings(plugins.as_uri()))
     (work / "global-settings.xml").write_text("<settings/>\n")
     opts = (f"-XX:TieredStopAtLevel=1 -Xshare:auto -Duser.home={work / 'home'} "
             f"-Djavax.net.ssl.trustStore={trust.truststore} -Djavax.net.ssl.trustStoreType=PKCS12 "
