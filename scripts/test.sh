@@ -9,13 +9,17 @@ error() { echo "error: $*" >&2; exit 1; }
 # Debian packages the tests drive: dig for DNS, real package clients (mvn resolves its
 # dependency plugin from Debian's maven-repo: Central is not reachable from tests), gpg to
 # sign the fixture apt repository, shellcheck, chromium (the status page), systemd
-# (systemd-analyze verify on the unit), ip for the end-to-end tests' network namespaces.
+# (systemd-analyze verify on the unit), ip for the end-to-end tests' network namespaces,
+# debootstrap for the trust tests' Debian image, busybox for trust-ca.sh as on Alpine.
 DEBS=(bind9-dnsutils curl openssl apt dpkg gpg maven libmaven-dependency-plugin-java junit4
-      shellcheck chromium systemd iproute2 debootstrap)
+      shellcheck chromium systemd iproute2 debootstrap busybox-static)
 missing=()
 for deb in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "ok installed" || missing+=("$deb")
 done
+# Node and npm: any install will do (NodeSource's nodejs ships npm and conflicts with
+# Debian's npm package), Debian's when there is none.
+command -v npm >/dev/null || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "installing Debian packages: ${missing[*]}"

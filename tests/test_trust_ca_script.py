@@ -19,6 +19,10 @@ EXPECTED_ENV = {"NODE_EXTRA_CA_CERTS": "/usr/local/share/cachegate/ca.crt",
                 "REQUESTS_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt"}
 
 
+# What the script may run (busybox has each of them).
+TOOLS = ("sh", "sed", "grep", "cat", "cp", "mkdir", "find", "head", "tail", "sort")
+
+
 def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
     """A CA certificate and a leaf for ``name`` signed by it, with the openssl CLI."""
     need(shutil.which("openssl"), "openssl not installed")
@@ -95,6 +99,29 @@ def test_alpine_cert_pem(tmp_path, ca, other):
     cert_pem.write_text(other[0].read_text())
     trust(tmp_path, ca[0])
     assert verifies(cert_pem, ca[1]) and verifies(cert_pem, other[1])
+
+
+def test_alpine_layout_with_busybox_alone(tmp_path, ca, other):
+    """Alpine's layout (cert.pem a relative link to the bundle) and Alpine's tools: busybox
+    sh and applets, nothing else on PATH."""
+    busybox = shutil.which("busybox")
+    need(busybox, "busybox not installed (Debian package busybox-static)")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in TOOLS:
+        (tools / tool).symlink_to(busybox)  # type: ignore[arg-type]
+    root = tmp_path / "root"
+    bundle = root / "etc/ssl/certs/ca-certificates.crt"
+    bundle.parent.mkdir(parents=True)
+    bundle.write_text(other[0].read_text())
+    (root / "etc/ssl/cert.pem").symlink_to("certs/ca-certificates.crt")
+    for _ in range(2):
+        done = subprocess.run([str(tools / "sh"), str(SCRIPT), str(ca[0])], capture_output=True,
+                              text=True, env={"PATH": str(tools), "TRUST_ROOT": str(root)})
+        assert done.returncode == 0, done.stderr
+    assert copies(bundle, ca[0]) == 1 and (root / "etc/ssl/cert.pem").is_symlink()
+    assert verifies(root / "etc/ssl/cert.pem", ca[1]) and verifies(bundle, other[1])
+    assert (root / "usr/local/share/cachegate/ca.crt").read_bytes() == ca[0].read_bytes()
 
 
 def test_rhel_bundle_gains_ours_and_seeds_the_debian_path(tmp_path, ca, other):
@@ -178,7 +205,7 @@ def test_unreadable_keystore_is_a_warning(tmp_path, ca):
 def minimal_bin(directory: Path) -> Path:
     """A PATH with only the tools the script may use (busybox has each of them)."""
     directory.mkdir()
-    for tool in ("sh", "sed", "grep", "cat", "cp", "mkdir", "find", "head", "tail", "sort"):
+    for tool in TOOLS:
         (directory / tool).symlink_to(shutil.which(tool))  # type: ignore[arg-type]
     return directory
 

@@ -5,7 +5,7 @@ keeps it.  In network namespaces whose only resolver and route are cachegate: a 
 image fetches apt over http but its curl, pip, npm and mvn reject the gateway's HTTPS;
 after the script, with the derived image's ENV and no certificate option, curl, Debian's
 pip, pip 24 from its wheel (also with no ENV at all), npm on Debian's node and on
-Node 20, and Maven on a keytool-trusted JRE all install from the cache.
+this machine's (Node 20), and Maven on a keytool-trusted JRE all install from the cache.
 
 The rootfs is built once and cached as a tarball under ``/var/cache/cachegate-tests/``
 (rebuilt only when missing or when its recipe changes), with the pinned pip wheel beside
@@ -204,8 +204,7 @@ except Exception as e:
 """
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Node and npm as the official node images install them (node:20: /usr/local), copied from
-# this machine's NodeSource build: Node's bundled roots, no global npmrc.
-HOST_NODE = (Path("/usr/bin/node"), Path("/usr/lib/node_modules/npm"))
+# this machine (NodeSource's build here: Node's own bundled roots); no global npmrc.
 NPM_OPTIONS = ("--no-audit", "--no-fund", "--no-update-notifier", "--loglevel", "error")
 # The rejections each client reports for a certificate it cannot verify.
 CERT_REJECTED = re.compile(r"CERTIFICATE_VERIFY_FAILED|SSL certificate problem|"
@@ -320,8 +319,9 @@ async def test_a_stock_debian_image_fetches_apt_but_rejects_https(world, rootfs)
 async def test_after_the_script_every_client_installs_from_the_cache(world, rootfs,
                                                                      pip_wheel):
     (_, trusting), gateway, origin, tree = world
-    node, npm = HOST_NODE
-    need(node.exists() and npm.is_dir(), f"no Node.js with npm at {node} and {npm}")
+    node, npm = shutil.which("node"), shutil.which("npm")
+    need(node and npm, "no Node.js with npm on this machine")
+    npm_home = Path(npm).resolve().parents[1]  # type: ignore[arg-type]  # …/npm/bin/npm-cli.js
     put(rootfs, (gateway.ca_cert, gateway.ca_cert))
     bare = Chroot(rootfs, trusting)  # no ENV: as the derived image's RUN step sees it
     done = await bare("sh", "/tmp/trust/trust-ca.sh", "/tmp/trust/ca.crt")
@@ -329,8 +329,8 @@ async def test_after_the_script_every_client_installs_from_the_cache(world, root
     assert "/etc/ssl/certs/java/cacerts: imported as cachegate" in done.stderr
     assert dict(line.split("=", 1) for line in done.stdout.split()) == dict(IMAGE_ENV)
     shutil.copy(pip_wheel, rootfs / "tmp" / pip_wheel.name)
-    shutil.copy(node, rootfs / "usr/local/bin/node")
-    shutil.copytree(npm, rootfs / "usr/local/lib/node_modules/npm", symlinks=True)
+    shutil.copy(node, rootfs / "usr/local/bin/node")  # type: ignore[arg-type]
+    shutil.copytree(npm_home, rootfs / "usr/local/lib/node_modules/npm", symlinks=True)
     image = Chroot(rootfs, trusting, env=dict(IMAGE_ENV))  # the derived image's ENV
 
     def pip(chroot: Chroot, work: str, *pip_argv: str):  # type: ignore[no-untyped-def]
@@ -349,14 +349,14 @@ async def test_after_the_script_every_client_installs_from_the_cache(world, root
         "pip24": await pip(image, "pip24", pip24),
         "pip24-bare": await pip(bare, "pip24-bare", pip24),  # truststore: the system store
         "npm-debian": await npm_install("npm-debian", "/usr/bin/node", "/usr/bin/npm"),
-        "npm-node20": await npm_install("npm-node20", "/usr/local/bin/node",
+        "npm-host": await npm_install("npm-host", "/usr/local/bin/node",
                                         "/usr/local/lib/node_modules/npm/bin/npm-cli.js"),
         "m2": await image(*image.maven_get()),
     }
     failed = {work: said(done) for work, done in runs.items() if done.returncode != 0}
     assert not failed, f"{failed}\n{gateway.log_tail()}"
     for client, works in (("pip", ("pip-debian", "pip24", "pip24-bare")),
-                          ("npm", ("npm-debian", "npm-node20")), ("mvn", ("m2",))):
+                          ("npm", ("npm-debian", "npm-host")), ("mvn", ("m2",))):
         for work in works:
             for path, digest in expected_files(client, tree, rootfs / "tmp" / work).items():
                 assert path.exists(), path
