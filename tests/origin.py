@@ -415,6 +415,22 @@ class OriginResource(Resource):
         return server.NOT_DONE_YET
 
 
+class ByHost(Resource):
+    """The origin's tree for origin-form requests of TLS clients: ``Host: pypi.org`` reads
+    under ``/pypi`` (the plain origin sees ``/pypi/...`` from the gateway)."""
+
+    isLeaf = True
+
+    def __init__(self, inner: OriginResource) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def render(self, request):  # type: ignore[no-untyped-def]
+        host = (request.getHeader("host") or "").split(":")[0].lower()
+        request.uri = f"/{PROXY_HOSTS.get(host, '__unknown_host__')}".encode() + request.uri
+        return self.inner.render(request)
+
+
 def _origin_form(target: str) -> str:
     """``/<ecosystem>/path`` for an absolute-form target naming a PROXY_HOSTS host."""
     if not target.startswith("http://"):

@@ -17,12 +17,11 @@ from twisted.internet import defer, reactor
 from twisted.internet import task
 from twisted.internet.task import Clock
 from twisted.web import server
-from twisted.web.resource import Resource
 
 from gateway.passthrough import NEED_MORE, PassthroughStats, advice, client_hello_sni
 from gateway.proxy import UntrustedMemo
 from tests.fixtures import PYPI_HOST
-from tests.origin import PROXY_HOSTS, OriginResource
+from tests.origin import PROXY_HOSTS, ByHost, OriginResource
 from tests.test_https import (SIMPLE_A, https_origin, https_served, https_tree,  # noqa: F401
                               need_binary, ok, run, start_tls_gateway)
 from tls.ca import create_ca
@@ -93,22 +92,6 @@ def test_stats_document():
 
 
 # --- end to end -----------------------------------------------------------------------
-
-class ByHost(Resource):
-    """The origin's tree for origin-form requests of TLS clients: ``Host: pypi.org`` reads
-    under ``/pypi`` (the plain origin sees ``/pypi/...`` from the gateway)."""
-
-    isLeaf = True
-
-    def __init__(self, inner: OriginResource) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def render(self, request):  # type: ignore[no-untyped-def]
-        host = (request.getHeader("host") or "").split(":")[0].lower()
-        request.uri = f"/{PROXY_HOSTS.get(host, '__unknown_host__')}".encode() + request.uri
-        return self.inner.render(request)
-
 
 @pytest.fixture
 def public_origin(https_origin, tmp_path):  # noqa: F811

@@ -22,10 +22,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 from gateway.trust import IMAGE_ENV
 from tests import fixtures as fx
@@ -214,14 +218,21 @@ CERT_REJECTED = re.compile(r"CERTIFICATE_VERIFY_FAILED|SSL certificate problem|"
 
 @pytest.fixture(scope="module")
 def world(tarball, tmp_path_factory):  # type: ignore[no-untyped-def]
-    """Two namespaces, cachegate on their host side in front of the fixture origin (an
-    NXDOMAIN-only forwarder behind it)."""
+    """Two namespaces, cachegate on their host side in front of the fixture origin, and
+    "the real upstream" for its tunnels: the same origin over TLS under a CA of its own
+    (standing in for the public roots) on a host address of its own, which the
+    forwarder behind cachegate gives for every catalogue host.  (Not on loopback: cachegate
+    never tunnels a container to the host's loopback.)"""
     from twisted.internet import reactor
+    from twisted.web import server
 
     from tests import netns
     from tests.dns_helpers import FakeUpstream
     from tests.fixtures import build_fixtures
-    from tests.origin import Origin
+    from tests.origin import PROXY_HOSTS, ByHost, Origin, OriginResource
+    from tls.ca import create_ca
+    from tls.context import SNIContexts
+    from tls.leaf import LeafCache
 
     need(netns.unavailable() is None, f"namespaces: {netns.unavailable()}")
     tmp = tmp_path_factory.mktemp("world")
@@ -229,18 +240,38 @@ def world(tarball, tmp_path_factory):  # type: ignore[no-untyped-def]
                           npm_base="https://registry.npmjs.org")
     origin = Origin(tree.root, reactor)
     origin.listen()
-    upstream = FakeUpstream(reactor).start()
-    try:
-        with netns.containers(2) as containers:
-            gateway = netns.HostGateway(tmp / "gw", containers, origin.url, upstream.address)
-            try:
-                gateway.wait_ready()
-                yield containers, gateway, origin, tree
-            finally:
-                gateway.stop()
-    finally:
-        pytest_twisted.blockon(origin.stop_serving())
-        pytest_twisted.blockon(upstream.stop())
+    public_ca = create_ca(tuple(PROXY_HOSTS), "ecdsa", False, time.time())
+    (tmp / "public-ca.crt").write_bytes(public_ca.cert_pem())
+    with netns.containers(2) as containers:
+        # 10.201.N.3 on the first container's host side: routed from no namespace.
+        public_ip = containers[0].host_ip.rsplit(".", 1)[0] + ".3"
+        subprocess.run(["ip", "addr", "add", f"{public_ip}/32", "dev", containers[0].host_if],
+                       check=True)
+        public = reactor.listenSSL(
+            443, server.Site(ByHost(OriginResource(origin))),
+            SNIContexts(LeafCache(public_ca, reactor, "ecdsa"), lambda name: True).options,
+            interface=public_ip)
+        upstream = FakeUpstream(reactor, {host: [f"{host}. 60 IN A {public_ip}"]
+                                          for host in PROXY_HOSTS}).start()
+        gateway = netns.HostGateway(tmp / "gw", containers, origin.url, upstream.address)
+        try:
+            gateway.wait_ready()
+            yield World(*containers, gateway, origin, tree, tmp / "public-ca.crt")
+        finally:
+            gateway.stop()
+            pytest_twisted.blockon(defer.gatherResults([
+                defer.maybeDeferred(public.stopListening), origin.stop_serving(),
+                upstream.stop()]))
+
+
+@dataclass(frozen=True)
+class World:
+    untrusting: Any  # netns.Container: the stock image's
+    trusting: Any  # the derived image's
+    gateway: Any  # netns.HostGateway
+    origin: Any  # tests.origin.Origin, also behind the "real upstream"
+    tree: fx.Fixtures
+    public_ca: Path
 
 
 class Chroot:
@@ -291,34 +322,56 @@ def said(done) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_stock_debian_image_fetches_apt_but_rejects_https(world, rootfs):
-    (untrusting, _), gateway, origin, tree = world
-    chroot = Chroot(rootfs, untrusting)
+async def test_a_stock_image_never_fails_for_good_but_nothing_is_cached(world, rootfs):
+    """The stock image trusts the public roots (here the stand-in CA, put in its stores
+    as they hold the real ones), not ours.  apt's plain http is cached; each HTTPS client's
+    first connection to a name fails on our certificate, its next ones are tunnelled to
+    the real upstream: pip's and npm's own retries succeed in the same run, curl and mvn
+    (which do not retry a certificate failure) on the next run."""
+    chroot = Chroot(rootfs, world.untrusting)
+    shutil.copy(world.public_ca, rootfs / "tmp/public-ca.crt")
+    shutil.copy(SCRIPT, rootfs / "tmp/trust-ca.sh")
+    roots = await chroot("sh", "/tmp/trust-ca.sh", "/tmp/public-ca.crt")
+    assert roots.returncode == 0, said(roots)
+    # Node's bundled roots hold the public ones: here NODE_EXTRA_CA_CERTS stands in.
+    chroot.env = {"NODE_EXTRA_CA_CERTS": "/tmp/public-ca.crt"}
     plain = await chroot.fetch("http://deb.debian.org/debian/dists/bookworm/InRelease")
     assert plain.returncode == 0, said(plain)
-    # One try each, each to a name of its own: a rejection marks (client, name) untrusting
-    # and the next connection is tunnelled to the real upstream, unreachable here.
-    rejected = {
-        "urllib": await chroot.fetch("https://files.pythonhosted.org/packages/"),
-        "curl": await chroot("curl", "-sS", "--fail",
-                             "https://deb.debian.org/debian/dists/bookworm/InRelease"),
-        # -vv: pip names the certificate failure only at debug level when not retrying.
-        "pip": await chroot("python3", "-m", "pip", "download", "-vv", "--retries", "0",
-                            "--disable-pip-version-check", "-d", "/tmp/dl", PIP_PROJECT),
-        "npm": await chroot("npm", "install", *NPM_OPTIONS, "--fetch-retries", "0",
-                            NPM_PACKAGE, cwd=chroot.npm_project("npm-before")),
-        "mvn": await chroot(*chroot.maven_get()),
-    }
-    for client, done in rejected.items():
-        assert done.returncode != 0 and CERT_REJECTED.search(done.stdout + done.stderr), \
-            f"{client}: {said(done)}"
-    assert not any(o.path.endswith((".whl", ".tgz", ".jar")) for o in origin.requests)
+
+    # pip and npm retry a failed connection on their own: one run each succeeds.
+    pip = await chroot("python3", "-m", "pip", "install", "--disable-pip-version-check",
+                       "--target", "/tmp/pip/site", PIP_PROJECT)
+    assert pip.returncode == 0 and "CERTIFICATE_VERIFY_FAILED" in pip.stderr, said(pip)
+    npm = await chroot("npm", "install", *NPM_OPTIONS, NPM_PACKAGE,
+                       cwd=chroot.npm_project("npm"))
+    assert npm.returncode == 0, said(npm)
+    # curl and Maven do not: their first run fails, the next one goes through.
+    curl = ("curl", "-sS", "--fail", "-o", "/dev/null",
+            "https://deb.debian.org/debian/dists/bookworm/InRelease")
+    for client, argv in (("curl", curl), ("mvn", chroot.maven_get())):
+        first = await chroot(*argv)
+        assert first.returncode != 0 and CERT_REJECTED.search(first.stdout + first.stderr), \
+            f"{client}: {said(first)}"
+        second = await chroot(*argv)
+        assert second.returncode == 0, f"{client}: {said(second)}\n{world.gateway.log_tail()}"
+
+    for client, work in (("pip", "pip"), ("npm", "npm"), ("mvn", "m2")):
+        for path, digest in expected_files(client, world.tree, rootfs / "tmp" / work).items():
+            assert path.exists() and (not digest or fx.sha256(path.read_bytes()) == digest)
+    log = world.gateway.log_path.read_text()
+    for host in ("deb.debian.org", "pypi.org", "files.pythonhosted.org", "registry.npmjs.org",
+                 "repo.maven.apache.org"):
+        assert f"{world.untrusting.ip} does not trust the cachegate CA for {host}" in log
+    # Only apt's http went through the cache: the rest was tunnelled, stored nowhere.
+    served = {s.host for s in world.gateway.served() if s.client == world.untrusting.ip}
+    assert served == {"deb.debian.org"}
 
 
 @pytest_twisted.ensureDeferred
 async def test_after_the_script_every_client_installs_from_the_cache(world, rootfs,
                                                                      pip_wheel):
-    (_, trusting), gateway, origin, tree = world
+    trusting, gateway, origin, tree = world.trusting, world.gateway, world.origin, world.tree
+    origin.reset()  # what the stock image's tunnels fetched, if that test ran first
     node, npm = shutil.which("node"), shutil.which("npm")
     need(node and npm, "no Node.js with npm on this machine")
     npm_home = Path(npm).resolve().parents[1]  # type: ignore[arg-type]  # …/npm/bin/npm-cli.js
