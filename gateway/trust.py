@@ -276,8 +276,10 @@ def cmd_image(args: argparse.Namespace, config: Any) -> int:
 
 
 def cmd_images(args: argparse.Namespace, config: Any) -> int:
+    """What is shadowed, and what ``trust.images`` lists that is not (yet)."""
     known = ImageRecords(config.server.state_dir).load()
-    if not known:
+    pending = [name for name in config.trust.images if name not in known]
+    if not known and not pending:
         print("no images shadowed")
         return EXIT_OK
     docker = Docker()
@@ -286,8 +288,10 @@ def cmd_images(args: argparse.Namespace, config: Any) -> int:
             current = docker.inspect(name)["Id"]
         except TrustError:
             current = ""
-        state = "trusted" if current == record.derived_id else "re-tagged since (stale record)"
+        state = "trusted" if current == record.derived_id else "pulled or re-tagged since"
         print(f"{name}\t{state}\tFROM {record.base}\toriginal {record.original_id}")
+    for name in pending:
+        print(f"{name}\tnot shadowed yet (in trust.images: run `cachegate trust image`)")
     return EXIT_OK
 
 

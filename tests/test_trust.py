@@ -151,7 +151,7 @@ def test_trusting_again_changes_nothing_until_the_ca_changes(setup, capsys):
     assert ImageRecords(state).load()["python:3.12"].derived_id == "sha256:derived1"
 
 
-def test_an_image_pulled_since_becomes_the_new_original(setup):
+def test_an_image_pulled_since_becomes_the_new_original(setup, capsys):
     config_file, state, home = setup
     assert cachegate(config_file, "trust", "image", "python:3.12") == 0
     pulled = {**PYTHON_IMAGE, "Id": "sha256:" + "e" * 64,
@@ -159,6 +159,8 @@ def test_an_image_pulled_since_becomes_the_new_original(setup):
     db = images(home)
     db["python:3.12"] = pulled
     (home / "images.json").write_text(json.dumps(db))
+    assert cachegate(config_file, "trust", "images") == 0
+    assert "python:3.12\tpulled or re-tagged since\t" in capsys.readouterr().out
     assert cachegate(config_file, "trust", "image", "python:3.12") == 0
     assert (home / "builds/1/Dockerfile").read_text().startswith(
         f"FROM python@sha256:{'f' * 64}\n")
@@ -166,14 +168,22 @@ def test_an_image_pulled_since_becomes_the_new_original(setup):
     assert ImageRecords(state).load()["python:3.12"].original_id == pulled["Id"]
 
 
-def test_without_names_the_config_list_is_trusted(setup):
+def test_without_names_the_config_list_is_trusted(setup, capsys):
     config_file, state, home = setup
     with config_file.open("a") as f:
         f.write('[trust]\nimages = ["python:3.12", "registry.local:5000/team/app"]\n')
+    assert cachegate(config_file, "trust", "images") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{name}\tnot shadowed yet (in trust.images: run `cachegate trust image`)"
+        for name in ("python:3.12", "registry.local:5000/team/app")]
     assert cachegate(config_file, "trust", "image") == 0
     assert set(ImageRecords(state).load()) == {"python:3.12", "registry.local:5000/team/app"}
     assert cachegate(config_file, "trust", "image") == 0
     assert [c[0] for c in calls(home)].count("build") == 2
+    capsys.readouterr()
+    assert cachegate(config_file, "trust", "images") == 0
+    assert [line.split("\t")[:2] for line in capsys.readouterr().out.splitlines()] == [
+        ["python:3.12", "trusted"], ["registry.local:5000/team/app", "trusted"]]
 
 
 def test_restore_tags_the_original_back(setup, capsys):
