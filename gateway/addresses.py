@@ -52,6 +52,16 @@ def own_address_guard(addresses: list[str], ports: list[int]):  # type: ignore[n
     return is_own
 
 
+def forwarding_guard(is_own):  # type: ignore[no-untyped-def]
+    """``is_own`` widened for requests relayed to hosts outside the catalogue: also every
+    loopback (and unspecified) address, whatever the port.  A container must not reach,
+    through us, a service bound to the host's 127.0.0.1 (the admin API among them)."""
+    def refused(ip: str, port: int) -> bool:
+        address = ipaddress.ip_address(ip)
+        return address.is_loopback or address.is_unspecified or is_own(ip, port)
+    return refused
+
+
 def advertised_ipv4(setting: str, addresses: list[str]) -> str:
     """The A answer for redirected names: the setting, or for "auto" the first non-loopback
     IPv4 we listen on (the Docker bridge address by default), else 127.0.0.1."""

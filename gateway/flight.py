@@ -102,17 +102,20 @@ class Flights:
             flight.start()
         return flight.join(target.headers)
 
-    def relay(self, method: str, url: str, headers: dict[str, str],
-              body: bytes | None) -> "defer.Deferred[Outcome]":
-        """An unshared request whose response is streamed through and never stored."""
+    def relay(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
+              fetcher: Fetcher | None = None) -> "defer.Deferred[Outcome]":
+        """An unshared request whose response is streamed through and never stored (sent
+        with ``fetcher`` when given: hosts outside the catalogue)."""
+        fetcher = fetcher or self.fetcher
+
         def streaming(response) -> Outcome:  # type: ignore[no-untyped-def]
             download = Download(self.store.new_partial(), _length(response))
             outcome = Streaming(download, response.code, replayable(header_pairs(response.headers)),
                                 "PASS")
             watch_progress(self.reactor, download, url)
-            self.reactor.callLater(0, self.fetcher.deliver, response, download)
+            self.reactor.callLater(0, fetcher.deliver, response, download)
             return outcome
-        d = self.fetcher.request(method, url, headers, body)
+        d = fetcher.request(method, url, headers, body)
         return d.addCallbacks(streaming, lambda f: _failure_outcome(f, url))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import urlsplit
 
 from twisted.internet import threads
@@ -20,7 +21,7 @@ from gateway import apt
 from gateway.catalogue import Policy, Rule, Upstream, find_upstream
 from gateway.conditional import not_modified
 from gateway.config import Config
-from gateway.fetcher import header_dict
+from gateway.fetcher import Fetcher, header_dict
 from gateway.flight import Failed, Flights, Outcome, Retry, Stored, Streaming, Target
 from gateway.headers import as_dict, passthrough_request_headers
 from gateway.logging import AccessLog
@@ -43,6 +44,10 @@ FAST_ROUTES = 16384
 SMALL_BODY = 64 * 1024
 
 
+# What proxy clients' requests for hosts outside the catalogue are counted under.
+OTHER_HOSTS = Upstream("other", (), (Rule("", Policy.PASS),), scheme="http")
+
+
 @dataclass
 class Exchange:
     """One client request being served."""
@@ -62,8 +67,10 @@ class Gateway:
     """Serves requests for catalogue hosts from the store, fetching misses once."""
 
     def __init__(self, reactor, config: Config, store: Store, flights: Flights,  # type: ignore[no-untyped-def]
-                 stats: Stats, ca_pem: bytes, access_log: AccessLog | None = None) -> None:
+                 stats: Stats, ca_pem: bytes, access_log: AccessLog | None = None,
+                 foreign: Callable[[str], Fetcher] | None = None) -> None:
         self.reactor = reactor
+        self.foreign = foreign  # client -> what relays its proxy requests for other hosts
         self.config = config
         self.store = store
         self.flights = flights
@@ -93,6 +100,8 @@ class Gateway:
             return self._local(request, path)
         upstream = find_upstream(self.config.upstreams, host)
         if upstream is None:
+            if self.foreign is not None and getattr(request.channel, "proxy_client", False):
+                return self._forward(request, method, host, path)
             return self._error(request, 403, f"{host} is not a repository cachegate serves")
         exchange = Exchange(request, method, host, path, header_dict(request.requestHeaders),
                             upstream, upstream.rule_for(path), self.reactor.seconds())
@@ -205,6 +214,27 @@ class Gateway:
             return suite is None or \
                 entry.meta.freshness.response_time >= self.store.suite_changed_at(suite)
         return True
+
+    def _forward(self, request: server.Request, method: str, host: str, path: str) -> None:
+        """A proxy client's plain-HTTP request for a host outside the catalogue: relayed
+        uncached, as CONNECT to such a host is tunnelled (an apt source or a download
+        over ``http_proxy`` must keep working)."""
+        parts = urlsplit(request.uri.decode("latin-1"))
+        try:
+            port = parts.port or 80
+        except ValueError:
+            port = 0
+        if parts.scheme.lower() != "http" or not 0 < port < 65536 or parts.username:
+            return self._error(request, 400, "a proxy request needs an http://host[:port]/ URL")
+        exchange = Exchange(request, method, host, path, header_dict(request.requestHeaders),
+                            OTHER_HOSTS, OTHER_HOSTS.rules[0], self.reactor.seconds())
+        request.notifyFinish().addErrback(lambda _: setattr(exchange, "gone", True))
+        body = request.content.read() if request.content is not None else None
+        url = f"http://{host}:{port}{path}" if port != 80 else f"http://{host}{path}"
+        d = self.flights.relay(method, url, passthrough_request_headers(exchange.headers),
+                               body, self.foreign(_client(request)))
+        d.addCallback(self._serve_outcome, exchange)
+        d.addErrback(self._bug, exchange)
 
     def _relay(self, ex: Exchange) -> None:
         body = ex.request.content.read() if ex.request.content is not None else None

@@ -15,8 +15,9 @@ The first request line (and, for ``CONNECT``, its head) decides what a connectio
   (a loop), and loopback addresses for clients that are not on loopback themselves (a
   container must not reach services bound to the host's 127.0.0.1, such as the admin API).
 - anything else (``GET http://host/path`` from ``http_proxy`` clients): the gateway's site
-  channel, with the bytes read so far replayed; the handler routes by the URL's host (and
-  answers 403 for a host it does not serve: plain-HTTP requests are not forwarded).
+  channel, with the bytes read so far replayed; the handler routes by the URL's host:
+  a host it serves from the cache, any other relayed uncached, request by request (never
+  to this host's loopback addresses or our own sockets).
 
 A served host whose client rejected our certificate (a TLS alert saying so, before the
 handshake finished) is tunnelled for that client for ``UNTRUSTED_MEMO_SECONDS``: the retry
@@ -50,7 +51,6 @@ from twisted.web import http, server
 
 from dns.access import AccessPolicy
 from gateway.tunnel import UpstreamEnd, UpstreamFactory, close_gently
-from gateway.addresses import own_address_guard
 
 log = Logger()
 
@@ -297,17 +297,10 @@ class ProxyContext:
 
 
 def proxy_context(top: Any, reactor: Any) -> ProxyContext:
-    """The proxy's view of a ``GatewayService``.  Our own sockets are looked up on each
-    CONNECT: ports configured as 0 are only known once bound."""
+    """The proxy's view of a ``GatewayService``."""
     config = top.config
-
-    def is_own(ip: str, port: int) -> bool:
-        ports = [p for kind in ("http", "https", "proxy", "dns") for p in top.ports(kind)]
-        ports.append(config.server.admin[1])
-        return own_address_guard(top.addresses, ports)(ip, port)
-
     return ProxyContext(top.site, top.tls.options, top.has_name,
-                        top.forwarder.resolve_addresses, is_own,
+                        top.forwarder.resolve_addresses, top.own_socket,
                         AccessPolicy(config.dns.allow), config.cache.connect_timeout,
                         UntrustedMemo(reactor.seconds))
 
@@ -426,6 +419,9 @@ class ProxyProtocol(Protocol):
         self.state = "handed"
         transport = self.transport
         channel = self.context.site.buildProtocol(transport.getPeer())
+        # Absolute-form requests of http_proxy clients: the handler relays those for hosts
+        # outside the catalogue.  (Not inside an intercepted CONNECT: one host only.)
+        channel.proxy_client = not host
         target = channel
         if tls:
             factory = self.factory.tls_factory

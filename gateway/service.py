@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from dataclasses import replace
 
 from twisted.application import internet, service
@@ -11,7 +13,8 @@ from dns.responder import ReplyMemo
 from dns.rules import RedirectRules
 from dns.service import dns_services
 from gateway.activity import Activity
-from gateway.addresses import advertised_ipv4, listen_addresses, own_address_guard
+from gateway.addresses import (advertised_ipv4, forwarding_guard, listen_addresses,
+                               own_address_guard)
 from gateway.admin import AdminService
 from gateway.catalogue import Upstream, find_upstream
 from gateway.config import Config
@@ -54,22 +57,38 @@ class GatewayService(service.MultiService):
         self.tls = SNIContexts(LeafCache(self.ca, reactor, config.tls.key_type), self.has_name)
         self.dns_listeners, self.forwarder, self.dns_stats = dns_services(
             config, reactor, self.addresses, self.advertise_ipv4)
-        ports = [p for p in (config.server.http_port, config.server.https_port,
-                             config.server.proxy_port) if p]
         self.store = Store(config.server.state_dir / "cache", config.cache.size_limit,
                            reactor.seconds)
         flusher = internet.TimerService(ACCESS_FLUSH_SECONDS, self.store.flush_access)
         flusher.clock = reactor
         flusher.setServiceParent(self)
         self.fetcher = Fetcher(reactor, resolve=self.forwarder.resolve_addresses,
-                               is_own=own_address_guard(self.addresses, ports),
+                               is_own=self.own_socket,
                                connect_timeout=config.cache.connect_timeout,
                                idle_timeout=config.cache.idle_timeout)
+        # Proxy clients' plain-HTTP requests for other hosts, as CONNECT tunnels: a client
+        # not on this host never reaches its loopback (see foreign_fetcher).
+        self.remote_fetcher = Fetcher(reactor, resolve=self.forwarder.resolve_addresses,
+                                      is_own=forwarding_guard(self.own_socket),
+                                      connect_timeout=config.cache.connect_timeout,
+                                      idle_timeout=config.cache.idle_timeout)
         self.stats = Stats()
         flights = Flights(reactor, self.store, self.fetcher, config.cache.negative_ttl)
         self.gateway = Gateway(reactor, config, self.store, flights, self.stats,
-                               self.ca.cert_pem(), access_log)
+                               self.ca.cert_pem(), access_log,
+                               self.foreign_fetcher if config.server.proxy_port else None)
         self.site = GatewaySite(GatewayResource(self.gateway), timeout=CLIENT_IDLE_TIMEOUT)
+
+    def own_socket(self, ip: str, port: int) -> bool:
+        """Whether ``ip:port`` is one of our listening sockets (looked up on each call:
+        ports configured as 0 are only known once bound)."""
+        ports = [p for kind in ("http", "https", "proxy", "dns") for p in self.ports(kind)]
+        ports.append(self.config.server.admin[1])
+        return own_address_guard(self.addresses, ports)(ip, port)
+
+    def foreign_fetcher(self, client: str) -> Fetcher:
+        """What relays ``client``'s request for a host outside the catalogue."""
+        return self.fetcher if ipaddress.ip_address(client).is_loopback else self.remote_fetcher
 
     def has_name(self, name: str) -> bool:
         """Whether we serve ``name`` (a certificate is minted for it, DNS redirects it)."""
@@ -111,6 +130,7 @@ class GatewayService(service.MultiService):
     def stopService(self):  # type: ignore[no-untyped-def]  # noqa: N802
         d = super().stopService()
         d.addBoth(lambda _: self.fetcher.close())
+        d.addBoth(lambda _: self.remote_fetcher.close())
         d.addBoth(lambda _: self.store.close())
         return d
 

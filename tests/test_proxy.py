@@ -20,10 +20,13 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.resource import Resource
 from OpenSSL import SSL
 from zope.interface import implementer
 
 from dns.access import AccessPolicy
+from gateway.addresses import forwarding_guard
 from gateway.proxy import (HEAD_TIMEOUT, MAX_HEAD, BadRequest, HeadReader, Intercept,
                            ProxyContext, ProxyFactory, RequestLine, Serve, Tunnel, UntrustedMemo,
                            parse_authority, parse_request_line, rejects_certificate, route,
@@ -433,6 +436,87 @@ def test_tunnel_to_a_host_outside_the_catalogue_is_byte_for_byte(start_tls_gatew
     finally:
         yield dns.stop()
     assert https_origin.requests == []
+
+
+class Recorder(Resource):
+    """A plain-HTTP server outside the catalogue: answers with what it was asked."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str, str, str]] = []
+
+    def render(self, request):  # type: ignore[no-untyped-def]
+        body = request.content.read()
+        self.seen.append((request.method.decode(), request.uri.decode(),
+                          request.getHeader("host"), request.getHeader("authorization") or ""))
+        request.setHeader("Cache-Control", "max-age=3600")
+        return f"{request.method.decode()} {request.uri.decode()} ".encode() + body
+
+
+@pytest.fixture
+def other_host(start_tls_gateway, https_origin, listen_on_echo_host):  # type: ignore[no-untyped-def]
+    """(gateway with a proxy port, recorder, port): other.test names the recorder."""
+    dns = FakeUpstream(reactor, {"other.test": [f"other.test. 60 IN A {ECHO_HOST}"]}).start()
+    recorder = Recorder()
+    port = listen_on_echo_host(server.Site(recorder))
+    yield (start_tls_gateway(https_origin.url, proxy=True, forwarders=(dns.address,)),
+           recorder, port)
+    pytest_twisted.blockon(dns.stop())
+
+
+@pytest_twisted.inlineCallbacks
+def test_plain_http_for_another_host_is_relayed_uncached(other_host, https_origin):
+    """An apt source or a download over http_proxy that cachegate does not serve still
+    works: each request relayed as it is, never stored (credentials included)."""
+    need_binary("curl", "curl")
+    gw, recorder, port = other_host
+    url = f"http://other.test:{port}/pool/a.deb?x=1"
+    for _ in range(2):
+        done = yield run(["curl", "-sS", "--fail", "-x", gw.proxy_url, "-u", "me:secret", url])
+        ok(done)
+        assert done.stdout == "GET /pool/a.deb?x=1 "
+    posted = yield run(["curl", "-sS", "--fail", "-x", gw.proxy_url, "--data-binary", "hello",
+                        f"http://other.test:{port}/form"])
+    ok(posted)
+    assert posted.stdout == "POST /form hello"
+    assert [s[:3] for s in recorder.seen] == [
+        ("GET", "/pool/a.deb?x=1", f"other.test:{port}")] * 2 + [
+        ("POST", "/form", f"other.test:{port}")]
+    assert recorder.seen[0][3].startswith("Basic ")
+    assert gw.service.stats.as_dict()["ecosystems"]["other"]["requests"] == {"PASS": 3}
+    assert https_origin.requests == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_plain_http_relay_is_never_an_open_proxy_or_a_loop(other_host):
+    gw, recorder, port = other_host
+    cases = {  # what a proxy client asks for -> the status it gets
+        f"http://127.0.0.1:{gw.port}/": b"502",  # our own HTTP port: a loop
+        f"http://127.0.0.1:{gw.proxy_port}/": b"502",
+        "http://nowhere.test/": b"502",  # NXDOMAIN
+        f"http://user:pw@other.test:{port}/": b"400",
+        f"http://other.test:99999/": b"400",
+    }
+    for url, status in cases.items():
+        answer = yield deferToThread(raw_exchange, gw.proxy_port,
+                                     f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert answer.split(b" ")[1] == status, (url, answer)
+    # The plain HTTP port serves the catalogue only, whatever the request line says.
+    answer = yield deferToThread(
+        raw_exchange, gw.port,
+        f"GET http://other.test:{port}/ HTTP/1.1\r\nHost: other.test\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert recorder.seen == []
+
+
+def test_forwarding_guard_keeps_remote_clients_off_loopback():
+    own = lambda address, port: (address, port) == ("10.0.0.1", 80)  # noqa: E731
+    refused = forwarding_guard(own)
+    assert refused("127.0.0.1", 8080) and refused("::1", 80) and refused("0.0.0.0", 80)
+    assert refused("10.0.0.1", 80) and not refused("10.0.0.1", 8080)
+    assert not refused("192.0.2.7", 80)
 
 
 def slow_reader(proxy_port: int, target: str, watch: Any) -> tuple[int, str]:
