@@ -13,6 +13,9 @@ from twisted.logger import LogLevel, formatEventAsClassicLogText, globalLogPubli
 
 from tests.gateways import RunningGateway, gateway_config
 
+# Fixtures shared across modules, kept beside their helpers.
+pytest_plugins = ("tests.admin_gateways", "tests.tls_gateways")
+
 
 def _log_to_current_stderr(event: dict) -> None:
     """Our log lines (and Twisted's warnings) go to whatever sys.stderr is now, so pytest

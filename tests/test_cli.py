@@ -21,8 +21,7 @@ from gateway.config import load_config
 from tests.dns_helpers import FakeUpstream
 from tests.gateways import RunningGateway
 from tests.processes import free_port
-from tests.test_admin import (  # noqa: F401  (fixtures)
-    ALPINE_HOST, APK, PYPI_HOST, WHEEL, admin_gateway, bare_origin, serve_two)
+from tests.admin_gateways import ALPINE_HOST, APK, PYPI_HOST, WHEEL, serve_two
 
 COMMANDS = [[], ["serve"], ["ca"], ["ca", "export"], ["ca", "path"], ["ca", "rotate"],
             ["cache"], ["cache", "ls"], ["cache", "clear"], ["cache", "verify"], ["stats"],

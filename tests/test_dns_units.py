@@ -5,7 +5,7 @@ import ipaddress
 import struct
 
 import pytest
-from dnslib import CLASS, EDNS0, QTYPE, RCODE, RR, DNSHeader, DNSRecord, EDNSOption
+from dnslib import CLASS, EDNS0, QTYPE, RCODE, RR, DNSRecord, EDNSOption
 from twisted.internet.task import Clock
 
 from dns.access import AccessPolicy, allowed

@@ -22,8 +22,7 @@ from gateway.passthrough import NEED_MORE, PassthroughStats, advice, client_hell
 from gateway.proxy import UntrustedMemo
 from tests.fixtures import PYPI_HOST
 from tests.origin import PROXY_HOSTS, ByHost, OriginResource
-from tests.test_https import (SIMPLE_A, https_origin, https_served, https_tree,  # noqa: F401
-                              need_binary, ok, run, start_tls_gateway)
+from tests.tls_gateways import SIMPLE_A, need_binary, ok, run
 from tls.ca import create_ca
 from tls.context import SNIContexts
 from tls.leaf import LeafCache

@@ -35,9 +35,8 @@ from tests import fixtures as fx
 from tls.ca import create_ca
 from tests.dns_helpers import FakeUpstream
 from tests.http_client import fetch
-from tests.test_https import (  # noqa: F401  (fixtures)
-    SIMPLE_A, TlsGateway, clean_env, curl_head, https_origin, https_served, https_tree, need,
-    need_binary, ok, run, start_tls_gateway)
+from tests.clients import need
+from tests.tls_gateways import SIMPLE_A, TlsGateway, clean_env, curl_head, need_binary, ok, run
 
 ECHO_HOST = "127.0.0.2"  # a loopback address the gateway does not listen on
 
@@ -497,7 +496,7 @@ def test_plain_http_relay_is_never_an_open_proxy_or_a_loop(other_host):
         f"http://127.0.0.1:{gw.proxy_port}/": b"502",
         "http://nowhere.test/": b"502",  # NXDOMAIN
         f"http://user:pw@other.test:{port}/": b"400",
-        f"http://other.test:99999/": b"400",
+        "http://other.test:99999/": b"400",
     }
     for url, status in cases.items():
         answer = yield deferToThread(raw_exchange, gw.proxy_port,

@@ -17,8 +17,7 @@ from twisted.internet import threads
 
 from gateway.status_page import render_status
 from tests.clients import need
-from tests.test_admin import (  # noqa: F401  (fixtures)
-    ALPINE_HOST, PYPI_HOST, WHEEL, admin, admin_gateway, bare_origin, serve_two)
+from tests.admin_gateways import ALPINE_HOST, PYPI_HOST, WHEEL, admin, serve_two
 
 WINDOW = (1200, 1000)
 

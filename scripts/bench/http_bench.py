@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -247,7 +246,7 @@ def report(results: dict[str, dict]) -> None:
          "{:.2f}"),
         ("herd: complete bodies", g["complete"], n["complete"], "{}"),
     ]
-    print(f"| measure | cachegate | nginx | ratio |\n|---|---|---|---|")
+    print("| measure | cachegate | nginx | ratio |\n|---|---|---|---|")
     for label, a, b, fmt in rows:
         ratio = f"{a / b:.2f}" if isinstance(a, float) and b else ""
         print(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {ratio} |")
