@@ -18,7 +18,7 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, read
 from twisted.web.http_headers import Headers
 
 from tests.fixtures import counter_bytes, put_object
-from tests.gateways import RunningGateway, gateway_config
+from tests.gateways import RunningGateway, Started, gateway_config
 from tests.http_client import Reply, fetch
 from tests.origin import Origin
 
@@ -38,21 +38,18 @@ def bare_origin(tmp_path):  # type: ignore[no-untyped-def]
 def admin_gateway(tmp_path):  # type: ignore[no-untyped-def]
     """``admin_gateway(origin_url, admin=("127.0.0.1", 0), state_dir=None, **server)``: a
     gateway in this process with its admin API on a free port; stopped after the test."""
-    running: list[RunningGateway] = []
+    started = Started()
 
     def start(origin_url: str, admin: tuple[str, int] = ("127.0.0.1", 0),
               state_dir: Path | None = None, **server: Any) -> RunningGateway:
         config = gateway_config(state_dir or tmp_path / "state", origin_url)
         config = replace(config, server=replace(config.server, admin=admin, **server))
-        gw = RunningGateway(config)
+        gw = started.add(RunningGateway(config))
         gw.admin_port = gw.service.ports("admin")[0]  # type: ignore[attr-defined]
-        running.append(gw)
         return gw
 
     yield start
-    for gw in running:
-        if gw.service.running:
-            gw.stop()
+    started.stop_all()
 
 
 @defer.inlineCallbacks

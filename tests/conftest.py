@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import LogLevel, formatEventAsClassicLogText, globalLogPublisher
 
-from tests.gateways import RunningGateway, gateway_config
+from tests.gateways import RunningGateway, Started, gateway_config
 
 # Fixtures shared across modules, kept beside their helpers.
 pytest_plugins = ("tests.admin_gateways", "tests.tls_gateways")
@@ -34,19 +34,15 @@ globalLogPublisher.addObserver(_log_to_current_stderr)
 @pytest.fixture
 def start_gateway(tmp_path):  # type: ignore[no-untyped-def]
     """``start_gateway(origin_url, **cache_settings) -> RunningGateway``; stopped after."""
-    running: list[RunningGateway] = []
+    started = Started()
 
     def start(origin_url: str, state_dir: Path | None = None, rules: dict | None = None,
               https_port: int = 0, http_port: int = 0, **cache: object) -> RunningGateway:
-        gw = RunningGateway(gateway_config(state_dir or tmp_path / "state", origin_url, rules,
-                                           https_port, http_port, **cache))
-        running.append(gw)
-        return gw
+        return started.add(RunningGateway(gateway_config(
+            state_dir or tmp_path / "state", origin_url, rules, https_port, http_port, **cache)))
 
     yield start
-    for gw in running:
-        if gw.service.running:
-            gw.stop()
+    started.stop_all()
 
 
 @pytest.fixture(scope="session")

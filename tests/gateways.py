@@ -43,3 +43,16 @@ class RunningGateway:
 
     def stop(self) -> None:
         pytest_twisted.blockon(self.service.stopService())
+
+
+class Started(list):
+    """The gateways a fixture started: ``add`` each, ``stop_all`` at its teardown."""
+
+    def add(self, gw: RunningGateway) -> RunningGateway:
+        self.append(gw)
+        return gw
+
+    def stop_all(self) -> None:
+        for gw in self:
+            if gw.service.running:
+                gw.stop()

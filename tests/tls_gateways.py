@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 
 from gateway.config import Config
 from tests.clients import need
-from tests.gateways import RunningGateway, gateway_config
+from tests.gateways import RunningGateway, Started, gateway_config
 from tests.fixtures import Fixtures, build_fixtures
 from tests.origin import Origin
 
@@ -108,11 +108,11 @@ class TlsGateway(RunningGateway):
 def start_tls_gateway(tmp_path):  # type: ignore[no-untyped-def]
     """``start_tls_gateway(origin_url, proxy=False, allow=None, forwarders=None)``:
     HTTPS on a free port; ``allow`` replaces ``dns.allow``; stopped after the test."""
-    running: list[TlsGateway] = []
+    started = Started()
 
     def start(origin_url: str, proxy: bool = False, allow: tuple[str, ...] | None = None,
               forwarders: tuple[str, ...] | None = None) -> TlsGateway:
-        n = len(running)
+        n = len(started)
         config = gateway_config(tmp_path / f"state{n}", origin_url, https_port=free_port())
         dns = config.dns
         if allow is not None:
@@ -121,14 +121,10 @@ def start_tls_gateway(tmp_path):  # type: ignore[no-untyped-def]
             dns = replace(dns, forwarders=forwarders)
         config = replace(config, dns=dns, server=replace(
             config.server, proxy_port=free_port() if proxy else 0))
-        gw = TlsGateway(config, tmp_path / f"ca{n}.pem")
-        running.append(gw)
-        return gw
+        return started.add(TlsGateway(config, tmp_path / f"ca{n}.pem"))
 
     yield start
-    for gw in running:
-        if gw.service.running:
-            gw.stop()
+    started.stop_all()
 
 
 def curl_head(done: subprocess.CompletedProcess) -> tuple[int, dict[str, str]]:
