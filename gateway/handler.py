@@ -230,7 +230,8 @@ class Gateway:
                             OTHER_HOSTS, OTHER_HOSTS.rules[0], self.reactor.seconds())
         request.notifyFinish().addErrback(lambda _: setattr(exchange, "gone", True))
         body = request.content.read() if request.content is not None else None
-        url = f"http://{host}:{port}{path}" if port != 80 else f"http://{host}{path}"
+        name = f"[{host}]" if ":" in host else host
+        url = f"http://{name}{path}" if port == 80 else f"http://{name}:{port}{path}"
         d = self.flights.relay(method, url, passthrough_request_headers(exchange.headers),
                                body, self.foreign(_client(request)))
         d.addCallback(self._serve_outcome, exchange)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-
 from dataclasses import replace
 
 from twisted.application import internet, service
