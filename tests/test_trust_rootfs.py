@@ -193,10 +193,10 @@ def test_rootfs_without_ca_certificates_gets_a_bundle(rootfs, ca):
 
 # --- in network namespaces whose only resolver and route are cachegate -----------------
 #
-# Two containers: one sees the stock image reject the gateway (each rejection marks that
-# client and name untrusting, and its retries would be tunnelled to the real upstream,
-# unreachable here), the other runs every client after trust-ca.sh with the environment
-# the derived image sets (gateway.trust.IMAGE_ENV) and no option about certificates.
+# Two containers, since a rejection marks (client, name) untrusting for ten minutes: one
+# runs the stock image, whose clients reject the gateway and are then tunnelled to the
+# stand-in real upstream; the other runs every client after trust-ca.sh with the
+# environment the derived image sets (gateway.trust.IMAGE_ENV) and no certificate option.
 
 FETCH = """
 import sys, urllib.request
@@ -207,8 +207,6 @@ except Exception as e:
     sys.exit(f"{type(e).__name__}: {e}")
 """
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Node and npm as the official node images install them (node:20: /usr/local), copied from
-# this machine (NodeSource's build here: Node's own bundled roots); no global npmrc.
 NPM_OPTIONS = ("--no-audit", "--no-fund", "--no-update-notifier", "--loglevel", "error")
 # The rejections each client reports for a certificate it cannot verify.
 CERT_REJECTED = re.compile(r"CERTIFICATE_VERIFY_FAILED|SSL certificate problem|"
@@ -382,6 +380,8 @@ async def test_after_the_script_every_client_installs_from_the_cache(world, root
     assert "/etc/ssl/certs/java/cacerts: imported as cachegate" in done.stderr
     assert dict(line.split("=", 1) for line in done.stdout.split()) == dict(IMAGE_ENV)
     shutil.copy(pip_wheel, rootfs / "tmp" / pip_wheel.name)
+    # Node and npm as the official node images lay them out (/usr/local), copied from this
+    # machine (NodeSource's build here: Node's own bundled roots); no global npmrc.
     shutil.copy(node, rootfs / "usr/local/bin/node")  # type: ignore[arg-type]
     shutil.copytree(npm_home, rootfs / "usr/local/lib/node_modules/npm", symlinks=True)
     image = Chroot(rootfs, trusting, env=dict(IMAGE_ENV))  # the derived image's ENV
