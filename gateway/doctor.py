@@ -3,7 +3,8 @@
 Ports (free to bind, or held by the running gateway), DNS (a catalogue name answered with
 our address, another name forwarded), HTTPS (each catalogue name's certificate verifies
 against our CA), the CA in the host's trust store, Docker's ``daemon.json`` pointing its
-DNS at us, and each upstream reachable.  Every failed check carries the fix.  Checks are
+DNS at us, the images of ``trust.images`` still trusting the CA, and each upstream
+reachable.  Every failed check carries the fix.  Checks are
 blocking and bounded by ``timeout``; the slow ones (upstreams) run in parallel.
 """
 
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
+from gateway import trust
 from gateway.addresses import advertised_ipv4
 from gateway.catalogue import Upstream
 from gateway.config import Config
@@ -61,7 +63,8 @@ class Situation:
 
 def run_checks(s: Situation) -> list[Check]:
     checks = [*check_addresses(s), *check_ports(s), *check_dns(s), check_https(s),
-              check_trust(s), check_clients_trust(s), check_docker(s)]
+              check_trust(s), check_clients_trust(s), check_docker(s),
+              check_trusted_images(s.config)]
     return checks + check_upstreams(s)
 
 
@@ -261,6 +264,25 @@ def check_clients_trust(s: Situation) -> Check:
         return Check(True, title, "no client rejected the CA's certificates")
     return Check(False, title, "; ".join(lines),
                  "run `cachegate trust image IMAGE` for those builds' base images")
+
+
+def check_trusted_images(config: Config) -> Check:
+    """The images of ``trust.images`` and those shadowed before: each still trusts the CA
+    (a ``docker pull`` since puts the original back under its name)."""
+    title = "build images trust the CA"
+    try:
+        if not config.trust.images and not trust.ImageRecords(config.server.state_dir).load():
+            return Check(None, title, "none listed in trust.images or shadowed")
+        if shutil.which("docker") is None:
+            return Check(None, title, "the Docker CLI is not installed")
+        states = trust.image_states(config, trust.Docker())
+    except trust.TrustError as e:
+        return Check(False, title, str(e), "see `cachegate trust images`")
+    lacking = [f"{name} ({state})" for name, state, _ in states if state != trust.TRUSTED]
+    if lacking:
+        return Check(False, title, "lack the CA: " + ", ".join(lacking),
+                     "`cachegate trust image` (no names: trust.images) or scripts/start.sh")
+    return Check(True, title, ", ".join(name for name, _, _ in states))
 
 
 def check_docker(s: Situation) -> Check:

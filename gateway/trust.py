@@ -275,23 +275,34 @@ def cmd_image(args: argparse.Namespace, config: Any) -> int:
     return EXIT_OK
 
 
-def cmd_images(args: argparse.Namespace, config: Any) -> int:
-    """What is shadowed, and what ``trust.images`` lists that is not (yet)."""
+TRUSTED, MOVED, PENDING = "trusted", "pulled or re-tagged since", "not shadowed yet"
+
+
+def image_states(config: Any, docker: Docker) -> list[tuple[str, str, Shadowed | None]]:
+    """(name, state, record) for each shadowed image and each of ``trust.images``: TRUSTED
+    (its tag is our derived image), MOVED (its tag moved since: it lacks the CA now) or
+    PENDING (listed, never shadowed)."""
     known = ImageRecords(config.server.state_dir).load()
-    pending = [name for name in config.trust.images if name not in known]
-    if not known and not pending:
-        print("no images shadowed")
-        return EXIT_OK
-    docker = Docker()
+    states = []
     for name, record in sorted(known.items()):
         try:
             current = docker.inspect(name)["Id"]
         except TrustError:
             current = ""
-        state = "trusted" if current == record.derived_id else "pulled or re-tagged since"
-        print(f"{name}\t{state}\tFROM {record.base}\toriginal {record.original_id}")
-    for name in pending:
-        print(f"{name}\tnot shadowed yet (in trust.images: run `cachegate trust image`)")
+        states.append((name, TRUSTED if current == record.derived_id else MOVED, record))
+    return states + [(name, PENDING, None) for name in config.trust.images if name not in known]
+
+
+def cmd_images(args: argparse.Namespace, config: Any) -> int:
+    """What is shadowed, and what ``trust.images`` lists that is not (yet)."""
+    states = image_states(config, Docker())
+    if not states:
+        print("no images shadowed")
+    for name, state, record in states:
+        if record is None:
+            print(f"{name}\t{state} (in trust.images: run `cachegate trust image`)")
+        else:
+            print(f"{name}\t{state}\tFROM {record.base}\toriginal {record.original_id}")
     return EXIT_OK
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.config import load_config
+from gateway.doctor import check_trusted_images
 from gateway.trust import (IMAGE_ENV, LABEL, ImageRecords, dns_section, dockerfile,
                            keep_alive_tag, with_dns_section)
 from tls.ca import permitted_domains
@@ -207,6 +208,25 @@ def test_restore_without_names_restores_every_shadowed_image(setup):
     assert images(home)["python:3.12"] == PYTHON_IMAGE
     assert images(home)["registry.local:5000/team/app"] == LOCAL_IMAGE
     assert ImageRecords(state).load() == {}
+
+
+def test_doctor_names_listed_images_that_lack_the_ca(setup):
+    config_file, state, home = setup
+    assert check_trusted_images(load_config(config_file)).ok is None  # nothing listed
+    with config_file.open("a") as f:
+        f.write('[trust]\nimages = ["python:3.12", "registry.local:5000/team/app"]\n')
+    config = load_config(config_file)
+    check = check_trusted_images(config)
+    assert check.ok is False and "registry.local:5000/team/app (not shadowed yet)" in check.detail
+    assert "`cachegate trust image`" in check.fix
+    assert cachegate(config_file, "trust", "image") == 0
+    check = check_trusted_images(config)
+    assert check.ok is True and check.detail == "python:3.12, registry.local:5000/team/app"
+    db = images(home)
+    db["python:3.12"] = PYTHON_IMAGE  # a docker pull put the original back
+    (home / "images.json").write_text(json.dumps(db))
+    check = check_trusted_images(config)
+    assert check.ok is False and check.detail == "lack the CA: python:3.12 (pulled or re-tagged since)"
 
 
 def test_trust_image_without_names_or_config_list_is_an_error(setup, capsys):
