@@ -152,7 +152,7 @@ def redirected(gw: RunningGateway, name: str):  # type: ignore[no-untyped-def]
     client = UdpClient(reactor, gw.service.ports("dns")[0])
     try:
         before = gw.service.dns_stats.redirected
-        reply = yield client.ask(DNSRecord.question(name, "A"), timeout=0.5)
+        reply = yield client.ask(DNSRecord.question(name, "A"), timeout=1)
         return gw.service.dns_stats.redirected == before + 1 and reply is not None and \
             [str(rr.rdata) for rr in reply.rr] == ["127.0.0.1"]
     finally:
