@@ -12,6 +12,8 @@ from pathlib import Path
 
 from twisted.internet import defer, reactor, task
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -30,6 +32,28 @@ def toml_config(state_dir: Path, http_port: int, origin_url: str, names: list[st
     return "\n".join(lines)
 
 
+def serve(config: Path, log: Path, core: str | None = None) -> subprocess.Popen:
+    """``cachegate --config CONFIG serve`` in a child process logging to ``log``; pinned to
+    one CPU core (taskset) when ``core`` is given, as the benchmarks run it."""
+    pin = ["taskset", "-c", core] if core is not None else []
+    with open(log, "wb") as out:  # the child keeps its own copy
+        return subprocess.Popen([*pin, sys.executable, "-m", "gateway.cli", "--config",
+                                 str(config), "serve"], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every child, then wait for each (SIGKILL after 10 s)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class GatewayProcess:
     """``cachegate serve`` in a child process, on a free loopback port."""
 
@@ -40,10 +64,7 @@ class GatewayProcess:
         self.config = tmp / f"cachegate-{self.port}.toml"
         names = ["debian", "ubuntu", "alpine", "pypi", "npm", "maven"]
         self.config.write_text(toml_config(self.state_dir, self.port, origin_url, names, extra))
-        self.log = open(tmp / f"gateway-{self.port}.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "--config", str(self.config), "serve"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = serve(self.config, tmp / f"gateway-{self.port}.log")
 
     @defer.inlineCallbacks
     def ready(self, timeout: float = 20.0):  # type: ignore[no-untyped-def]
@@ -70,11 +91,9 @@ class GatewayProcess:
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
-        self.log.close()
 
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(20)
-        self.log.close()
         return self.proc.returncode

@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord  # noqa: E402
 
 from gateway.catalogue import BUILTIN  # noqa: E402
+from tests.processes import serve, stop_all  # noqa: E402
 
 SERVER_CORE, CLIENT_CORE = "1", "0"
 REDIRECTED = {h: "127.0.0.1" for u in BUILTIN for h in u.hosts if not h.startswith("*.")}
@@ -111,10 +112,7 @@ def start_cachegate(work: Path, upstream: int, procs: list) -> tuple[subprocess.
                       f'admin = "127.0.0.1:{free_port()}"\n'
                       f'[dns]\nport = {port}\nforwarders = ["127.0.0.1:{upstream}"]\n'
                       'advertise_ipv4 = "127.0.0.1"\nallow = ["127.0.0.0/8"]\n')
-    procs.append(subprocess.Popen(["taskset", "-c", SERVER_CORE, sys.executable, "-m",
-                                   "gateway.cli", "--config", str(config), "serve"],
-                                  cwd=ROOT, stdout=open(work / "cachegate.log", "wb"),
-                                  stderr=subprocess.STDOUT))
+    procs.append(serve(config, work / "cachegate.log", SERVER_CORE))
     return procs[-1], port
 
 
@@ -287,13 +285,7 @@ def main() -> int:
     try:
         return run(work, procs, args)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

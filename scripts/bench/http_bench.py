@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.fixtures import make_blob  # noqa: E402
+from tests.processes import serve, stop_all  # noqa: E402
 
 HOST = "repo1.maven.org"
 PROXY_CORE, CLIENT_CORE = "1", "0"
@@ -173,10 +174,7 @@ def main() -> int:
     try:
         return run(work, procs, args)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(10)
+        stop_all(procs)
         if os.environ.get("KEEP_BENCH"):
             print(f"kept {work}", file=sys.stderr)
         else:
@@ -203,10 +201,7 @@ def run(work: Path, procs: list, args) -> int:  # type: ignore[no-untyped-def]
                       f'forwarders = ["127.0.0.1:9"]\n[upstreams.maven]\n'
                       f'origin = "{origin}/maven"\n'
                       '[[upstreams.maven.rules]]\npath = "^/bench/"\npolicy = "immutable"\n')
-    procs.append(subprocess.Popen(["taskset", "-c", PROXY_CORE, sys.executable, "-m",
-                                   "gateway.cli", "--config", str(config), "serve"],
-                                  cwd=ROOT, stdout=open(work / "cachegate.log", "wb"),
-                                  stderr=subprocess.STDOUT))
+    procs.append(serve(config, work / "cachegate.log", PROXY_CORE))
     wait_port(gw_port, procs[-1])
     (work / "nginx.conf").write_text(NGINX_CONF.format(dir=work, port=nginx_port, origin=origin))
     procs.append(subprocess.Popen(["taskset", "-c", PROXY_CORE, "nginx", "-c",
