@@ -34,13 +34,13 @@ from typing import Any, Callable
 from twisted.internet import defer, error
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.tunnel import UpstreamEnd, UpstreamFactory, close_gently
+from gateway.tunnel import ClientSide, UpstreamEnd, UpstreamFactory
 from gateway.catalogue import find_upstream
 from gateway.proxy import UntrustedMemo, rejects_certificate, tunnel_refusal
 
@@ -173,36 +173,24 @@ class PassthroughFactory(Factory):
                               "PASSTHROUGH", down)
 
 
-class PeekProtocol(Protocol):
+class PeekProtocol(ClientSide):
     """One connection on the HTTPS port until its ClientHello says what it becomes."""
 
+    log, prefix = log, "https"
+
     def __init__(self) -> None:
-        self.buffer = b""
-        self.client = "?"
+        super().__init__("hello")  # -> "handed" | "connecting" -> "tunnel" | "closed"
         self.name: str | None = None
-        self.state = "hello"  # -> "handed" | "connecting" -> "tunnel" | "closed"
-        self.upstream: UpstreamEnd | None = None
-        self._timer: Any = None
-        self._connecting: defer.Deferred | None = None
-        self._sent = 0
+
+    @property
+    def target(self) -> str | None:
+        return self.name
 
     def connectionMade(self) -> None:  # noqa: N802
         self.client = getattr(self.transport.getPeer(), "host", "?")
         self._timer = self.factory.reactor.callLater(HELLO_TIMEOUT, self._hello_timeout)
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        try:
-            self._received(data)
-        except Exception:  # a bug: this connection ends, the process carries on
-            log.failure("https: error on a connection from {client}", client=self.client)
-            self.state = "closed"
-            self.transport.abortConnection()
-
     def _received(self, data: bytes) -> None:
-        if self.state == "tunnel":
-            self._sent += len(data)
-            self.upstream.transport.write(data)  # type: ignore[union-attr]
-            return
         self.buffer += data
         if self.state != "hello":
             return
@@ -222,17 +210,8 @@ class PeekProtocol(Protocol):
             self.state = "closed"
             self.transport.abortConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
-        self._cancel_timer()
-        state, self.state = self.state, "closed"
-        if self._connecting is not None:
-            self._connecting.cancel()
-        if state == "tunnel" and self.upstream is not None:
-            close_gently(self.upstream.transport)
-            self.factory.tunnel_closed(self.client, self.name, self.upstream.received)
-            log.info("https: {client} tunnel to {name} closed: {up}B up, {down}B down",
-                     client=self.client, name=self.name, up=self._sent,
-                     down=self.upstream.received)
+    def _tunnel_closed(self, received: int) -> None:
+        self.factory.tunnel_closed(self.client, self.name, received)
 
     # -- TLS and the site ------------------------------------------------------------
 
@@ -281,16 +260,10 @@ class PeekProtocol(Protocol):
         if self.state != "connecting":  # the client left while we connected
             upstream.transport.loseConnection()
             return
-        self.state, self.upstream = "tunnel", upstream
         self.factory.stats.tunnelled[(self.client, self.name)] += 1
         log.info("https: {client} {name} tunnelled to the real upstream (does not trust "
                  "the CA)", client=self.client, name=self.name)
-        self.transport.registerProducer(upstream.transport, True)
-        upstream.transport.registerProducer(self.transport, True)
-        pending, self.buffer = self.buffer, b""
-        self._sent += len(pending)
-        upstream.transport.write(pending)
-        self.transport.resumeProducing()
+        self._join(upstream)
 
     def _tunnel_failed(self, failure: Failure) -> None:
         self._connecting = None
@@ -305,15 +278,6 @@ class PeekProtocol(Protocol):
                         client=self.client, name=self.name)
         self.state = "closed"
         self.transport.abortConnection()
-
-    def upstream_lost(self) -> None:
-        if self.state == "tunnel":
-            close_gently(self.transport)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
 
 
 @implementer(IHandshakeListener)

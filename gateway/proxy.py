@@ -43,14 +43,14 @@ from typing import Any, Callable
 from OpenSSL import SSL
 from twisted.internet import defer, error
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from dns.access import AccessPolicy
-from gateway.tunnel import UpstreamEnd, UpstreamFactory, close_gently
+from gateway.tunnel import ClientSide, UpstreamEnd, UpstreamFactory
 
 log = Logger()
 
@@ -322,20 +322,16 @@ class ProxyFactory(Factory):
         return proto
 
 
-class ProxyProtocol(Protocol):
+class ProxyProtocol(ClientSide):
     """One client connection until its first request decides what it becomes."""
 
+    log, prefix = log, "proxy"
+
     def __init__(self, reactor: Any, context: ProxyContext) -> None:
+        super().__init__("head")  # -> "connecting" -> "tunnel"; "handed" / "closed"
         self.reactor, self.context = reactor, context
         self.head = HeadReader()
-        self.buffer = b""  # what the client sent while its tunnel was being opened
-        self.state = "head"  # -> "connecting" -> "tunnel"; "handed" / "closed"
-        self.client = "?"
-        self.upstream: UpstreamEnd | None = None
         self.target = ""
-        self._timer: Any = None
-        self._connecting: defer.Deferred | None = None
-        self._sent = 0
 
     # -- events ----------------------------------------------------------------------
 
@@ -346,32 +342,9 @@ class ProxyProtocol(Protocol):
             return self._refuse(403, "this proxy serves the allowed networks only")
         self._timer = self.reactor.callLater(HEAD_TIMEOUT, self._head_timeout)
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        try:
-            self._received(data)
-        except Exception:  # a bug: this connection ends, the process carries on
-            log.failure("proxy: error on a connection from {client}", client=self.client)
-            self.state = "closed"
-            self.transport.abortConnection()
-
-    def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
-        self._cancel_timer()
-        state, self.state = self.state, "closed"
-        if self._connecting is not None:
-            self._connecting.cancel()
-        if state == "tunnel" and self.upstream is not None:
-            close_gently(self.upstream.transport)
-            log.info("proxy: {client} tunnel to {target} closed: {up}B up, {down}B down",
-                     client=self.client, target=self.target, up=self._sent,
-                     down=self.upstream.received)
-
     # -- the head --------------------------------------------------------------------
 
     def _received(self, data: bytes) -> None:
-        if self.state == "tunnel":
-            self._sent += len(data)
-            self.upstream.transport.write(data)  # type: ignore[union-attr]
-            return
         if self.state != "head":  # connecting (reads are paused) or closing
             self.buffer += data
             return
@@ -482,20 +455,12 @@ class ProxyProtocol(Protocol):
             upstream.transport.loseConnection()
             return
         self._cancel_timer()
-        self.state, self.upstream = "tunnel", upstream
         log.info("proxy: {client} CONNECT {target} tunnelled", client=self.client,
                  target=self.target)
         self.transport.write(ESTABLISHED)
         for transport in (self.transport, upstream.transport):  # no idle timeout, but a
             transport.setTcpKeepAlive(True)  # peer that vanished is noticed (in hours)
-        # Each side stops reading while the other cannot take more (portforward's pattern).
-        self.transport.registerProducer(upstream.transport, True)
-        upstream.transport.registerProducer(self.transport, True)
-        pending, self.buffer = self.buffer, b""
-        if pending:
-            self._sent += len(pending)
-            upstream.transport.write(pending)
-        self.transport.resumeProducing()
+        self._join(upstream)
 
     def _tunnel_failed(self, failure: Failure) -> Failure | None:
         self._connecting = None
@@ -508,10 +473,6 @@ class ProxyProtocol(Protocol):
                  target=self.target, status=status, reason=reason)
         self._refuse(status, reason)
         return None
-
-    def upstream_lost(self) -> None:
-        if self.state == "tunnel":
-            close_gently(self.transport)
 
     # -- endings -----------------------------------------------------------------------
 
@@ -526,11 +487,6 @@ class ProxyProtocol(Protocol):
                     client=self.client, target=self.target)
         self.state = "closed"
         self.transport.abortConnection()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
 
 
 class _Unreachable(Exception):
