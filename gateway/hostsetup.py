@@ -58,7 +58,7 @@ def wait_ready(config: Config, timeout: float, pid: int | None) -> str:
         health = _health(client)
         if health is not None and _dns_answers(config, probe):
             return str(health["docker_dns"])
-        if pid is not None and not _alive(pid):
+        if pid is not None and not process_alive(pid):
             raise SetupError(f"the gateway (pid {pid}) exited")
         if time.monotonic() > deadline:
             what = "its admin API" if health is None else f"its DNS for {probe}"
@@ -86,7 +86,8 @@ def _dns_answers(config: Config, name: str) -> bool:
     return any(rr.rtype == QTYPE.A for rr in reply.rr)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from gateway.hostsetup import process_alive
 from tests import fixtures as fx
 
 PREFIX = "cgw"  # every namespace and host-side interface we create starts so
@@ -170,16 +171,6 @@ def _remove(name: str, host_if: str) -> None:
     shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep() -> list[str]:
     """Remove what a crashed run left behind: our namespaces, host-side veths and
     /etc/netns directories whose creating pid no longer runs.  Returns the namespaces'
@@ -189,7 +180,7 @@ def sweep() -> list[str]:
     names |= set(re.findall(rf"^\d+: ({PREFIX}\d+h\d+)[@:]",
                             _ip("-o", "link", "show", check=False).stdout, re.M))
     found = {m.groups() for m in map(_NAME.match, names) if m}
-    stale = sorted((pid, index) for pid, index in found if not _alive(int(pid)))
+    stale = sorted((pid, index) for pid, index in found if not process_alive(int(pid)))
     for pid, index in stale:
         _remove(f"{PREFIX}{pid}n{index}", f"{PREFIX}{pid}h{index}")
     return [f"{PREFIX}{pid}n{index}" for pid, index in stale]

@@ -19,21 +19,13 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.logger import globalLogPublisher
 
 from gateway.catalogue import Policy, Rule
-from tests.fixtures import counter_bytes
+from tests.fixtures import counter_bytes, put_object
 from tests.dns_helpers import ADVERTISED, FakeUpstream, RunningResolver, UdpClient, dns_config
 from tests.http_client import fetch, raw_get
 
 
 def sleep(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
-
-
-
-
-def put(origin, ecosystem: str, path: str, data: bytes) -> None:  # type: ignore[no-untyped-def]
-    target = origin.root / ecosystem / path.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
 
 
 @pytest.fixture
@@ -121,7 +113,7 @@ def test_wrong_content_length_is_never_stored_nor_served_whole(start_gateway):
 def test_a_5xx_storm_is_ridden_out_on_stale_copies(origin, start_gateway):
     paths = [f"/simple/storm-{i}/" for i in range(5)]
     for path in paths:
-        put(origin, "pypi", path + "index.html", counter_bytes(2000, path.encode()))
+        put_object(origin.root, "pypi", path + "index.html", counter_bytes(2000, path.encode()))
     gw = start_gateway(origin.url, rules={"pypi": (Rule("^/simple/", Policy.REVALIDATE, 0),)})
     first = {}
     for path in paths:
@@ -181,12 +173,12 @@ def test_disk_full_requests_are_streamed_through_unstored_then_stored_again(
     object is stored."""
     gw = start_gateway(origin.url, state_dir=small_fs / "state")
     small = "/maven2/org/ex/full/1.0/small-1.0.jar"
-    put(origin, "maven", small, counter_bytes(50_000, b"small"))
+    put_object(origin.root, "maven", small, counter_bytes(50_000, b"small"))
     yield fetch(gw.port, "repo1.maven.org", small)  # stored while there is room
     filler = _fill(small_fs, leave=200_000)
     big = "/maven2/org/ex/full/1.0/big-1.0.jar"
     data = counter_bytes(12_000_000, b"big")  # more than MAX_SPILL: the upstream is pushed back
-    put(origin, "maven", big, data)
+    put_object(origin.root, "maven", big, data)
     slow: list = []
     herd = [raw_get(gw.port, "repo1.maven.org", big, keep=False) for _ in range(3)]
     herd.append(raw_get(gw.port, "repo1.maven.org", big, rate=4_000_000, keep=False,

@@ -17,15 +17,10 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.logger import formatEvent, globalLogPublisher
 
+from tests.fixtures import put_object
 from tests.http_client import fetch, raw_get
 
 JAR = "/maven2/org/ex/private/1.0/private-1.0.jar"
-
-
-def put(origin, ecosystem: str, path: str, data: bytes) -> None:  # type: ignore[no-untyped-def]
-    target = origin.root / ecosystem / path.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
 
 
 @pytest.fixture
@@ -45,7 +40,7 @@ def log_text():  # type: ignore[no-untyped-def]
 def test_a_credentialed_request_in_flight_is_never_shared(origin, start_gateway):
     """An authenticated request and a plain one for the same key at the same moment: two
     upstream requests, and only the authenticated one carries the credentials."""
-    put(origin, "maven", JAR, b"jar bytes")
+    put_object(origin.root, "maven", JAR, b"jar bytes")
     origin.behave("/maven" + JAR, delay_headers=0.3)
     gw = start_gateway(origin.url)
     authed, plain, cookie = yield defer.gatherResults([
@@ -62,7 +57,7 @@ def test_a_credentialed_request_in_flight_is_never_shared(origin, start_gateway)
 
 @pytest_twisted.inlineCallbacks
 def test_cookie_requests_are_neither_stored_nor_served_from_the_store(origin, start_gateway):
-    put(origin, "maven", JAR, b"jar bytes")
+    put_object(origin.root, "maven", JAR, b"jar bytes")
     gw = start_gateway(origin.url)
     for _ in range(2):
         reply = yield fetch(gw.port, "repo1.maven.org", JAR, {"Cookie": "session=s3cret"})
@@ -78,7 +73,7 @@ def test_a_set_cookie_response_is_not_handed_to_a_joined_client(origin, start_ga
     """Two clients of one key while the upstream answers with Set-Cookie: nobody receives
     that session (Set-Cookie is never replayed: package clients do not need one, and a
     shared download must not hand one client's session to another)."""
-    put(origin, "maven", JAR, b"jar bytes")
+    put_object(origin.root, "maven", JAR, b"jar bytes")
     origin.behave("/maven" + JAR, delay_headers=0.3, headers={"Set-Cookie": "session=first"},
                   times=1)
     gw = start_gateway(origin.url)
@@ -142,7 +137,7 @@ def test_the_ca_key_is_never_served_and_never_logged(origin, start_gateway, log_
 
 @pytest_twisted.inlineCallbacks
 def test_credentials_are_never_logged(origin, start_gateway, log_text):
-    put(origin, "maven", JAR, b"jar bytes")
+    put_object(origin.root, "maven", JAR, b"jar bytes")
     gw = start_gateway(origin.url)
     yield fetch(gw.port, "repo1.maven.org", JAR, {"Authorization": "Bearer tok-3b1f9",
                                                   "Cookie": "session=ck-77a2"})
@@ -157,7 +152,7 @@ def test_a_body_corrupted_on_disk_is_caught_by_cache_verify(origin, start_gatewa
     data = b"wheel bytes " * 1000
     digest = hashlib.blake2b(data, digest_size=32).hexdigest()
     path = f"/packages/{digest[:2]}/{digest[2:4]}/{digest[4:]}/pkg-1.0-py3-none-any.whl"
-    put(origin, "pypi", path, data)
+    put_object(origin.root, "pypi", path, data)
     gw = start_gateway(origin.url)
     yield fetch(gw.port, "files.pythonhosted.org", path)
     (entry,) = list(gw.store.entries())
@@ -189,8 +184,8 @@ def test_a_digest_named_body_corrupted_on_disk_is_caught_on_read(origin, start_g
     small_digest = hashlib.blake2b(small, digest_size=32).hexdigest()
     small_path = (f"/packages/{small_digest[:2]}/{small_digest[2:4]}/{small_digest[4:]}/"
                   "small-1.0-py3-none-any.whl")
-    put(origin, "pypi", path, data)
-    put(origin, "pypi", small_path, small)
+    put_object(origin.root, "pypi", path, data)
+    put_object(origin.root, "pypi", small_path, small)
     gw = start_gateway(origin.url)
     for p in (path, small_path):
         yield fetch(gw.port, "files.pythonhosted.org", p)
