@@ -10,9 +10,11 @@ error() { echo "error: $*" >&2; exit 1; }
 # dependency plugin from Debian's maven-repo: Central is not reachable from tests), gpg to
 # sign the fixture apt repository, shellcheck, chromium (the status page), systemd
 # (systemd-analyze verify on the unit), ip for the end-to-end tests' network namespaces,
-# debootstrap for the trust tests' Debian image, busybox for trust-ca.sh as on Alpine.
+# debootstrap for the trust tests' Debian image, busybox for trust-ca.sh as on Alpine,
+# a C toolchain with static OpenSSL and zlib to build Alpine's apk (scripts/build-apk.sh).
 DEBS=(bind9-dnsutils curl openssl apt dpkg gpg maven libmaven-dependency-plugin-java junit4
-      shellcheck chromium systemd iproute2 debootstrap busybox-static)
+      shellcheck chromium systemd iproute2 debootstrap busybox-static
+      build-essential libssl-dev zlib1g-dev pkg-config)
 missing=()
 for deb in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "ok installed" || missing+=("$deb")
@@ -40,6 +42,13 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   echo "$want" > "$stamp"
+fi
+
+# Alpine's apk, built once from ../shared/vendor and cached (tests/ecosystems/test_apk_client.py).
+if apk=$(scripts/build-apk.sh); then
+  export CACHEGATE_APK_STATIC=$apk
+else
+  echo "warning: apk.static not built: the apk tests will skip (fail under CI=true)" >&2
 fi
 
 exec .venv/bin/python -m pytest "$@"
