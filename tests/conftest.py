@@ -14,7 +14,7 @@ from twisted.logger import LogLevel, formatEventAsClassicLogText, globalLogPubli
 from tests.gateways import RunningGateway, Started, gateway_config
 
 # Fixtures shared across modules, kept beside their helpers.
-pytest_plugins = ("tests.admin_gateways", "tests.tls_gateways")
+pytest_plugins = ("tests.admin_gateways", "tests.tls_gateways", "tests.docker_daemon")
 
 
 def _log_to_current_stderr(event: dict) -> None:
