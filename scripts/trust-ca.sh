@@ -10,9 +10,11 @@
 #
 # Stores: /etc/ssl/certs/ca-certificates.crt (created when missing, seeded with another
 # bundle's roots if the image has one, so tools pointed at it still reach other hosts),
-# /etc/ssl/cert.pem (Alpine's) and /etc/pki/tls/certs/ca-bundle.crt (RHEL's) when present, /usr/local/share/ca-certificates/ (so a later
-# update-ca-certificates keeps it), JVM cacerts via keytool when a keytool is found, and
-# every certifi bundle (pip's vendored one too) under the usual install prefixes.
+# /etc/ssl/cert.pem (Alpine's), /etc/apk/ca.pem (which apk reads *instead of* the system
+# store when it exists) and /etc/pki/tls/certs/ca-bundle.crt (RHEL's) when present,
+# /usr/local/share/ca-certificates/ (so a later update-ca-certificates keeps it), JVM
+# cacerts via keytool when a keytool is found, and every certifi bundle (pip's vendored
+# one too) under the usual install prefixes.
 #
 # Prints, on stdout, the environment that makes the remaining clients use it (Node's own
 # bundled roots, certifi bundles installed later in a build): NAME=value lines.
@@ -74,13 +76,14 @@ system_bundle() {
     fi
   fi
   append_to "$ROOT$BUNDLE"
-  # Alpine reads /etc/ssl/cert.pem, the RHEL family ca-bundle.crt (a link to the bundle
-  # on some images: then it is already done).
+  # Alpine reads /etc/ssl/cert.pem, apk /etc/apk/ca.pem alone when an image has one
+  # (apk-tools' libfetch CA_CERT_FILE), the RHEL family ca-bundle.crt (a link to the
+  # bundle on some images: then it is already done).
   other_bundles | while read -r other; do append_to "$other"; done
 }
 
 other_bundles() {
-  for other in /etc/ssl/cert.pem /etc/pki/tls/certs/ca-bundle.crt; do
+  for other in /etc/ssl/cert.pem /etc/apk/ca.pem /etc/pki/tls/certs/ca-bundle.crt; do
     if [ -s "$ROOT$other" ]; then echo "$ROOT$other"; fi
   done
 }
