@@ -1,0 +1,294 @@
+"""The registry mirror (gateway/front/registry.py) over real sockets, in front of the
+recording fake registry (tests/registry_origin.py): what distribution 2.8 cannot show —
+a Bearer realm, a 307 to a CDN host, 429s and 5xx, HEAD vs GET counts, corrupted blobs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from gateway.cache.fetcher import Fetcher
+from gateway.cache.store import Store
+from gateway.ecosystems.images import REGISTRIES, object_key
+from gateway.front.registry import MirrorResource, MirrorSite, RegistryClient, RegistryMirror
+from tests.http_client import fetch
+from tests.oci_images import ACCEPT_ALL, Layout
+from tests.registry_origin import RegistryOrigin
+
+
+class Mirror:
+    """A mirror on a loopback port with Docker Hub and ghcr pointed at ``origin_url``."""
+
+    def __init__(self, tmp_path, origin_url: str, **options) -> None:  # type: ignore[no-untyped-def]
+        registries = tuple(replace(r, origin=origin_url) if r.name in ("dockerhub", "ghcr")
+                           else r for r in REGISTRIES)
+        self.store = Store(tmp_path / "cache", 2**30, reactor.seconds)
+        self.fetcher = Fetcher(reactor, connect_timeout=2, idle_timeout=5)
+        self.client = RegistryClient(reactor, self.fetcher)
+        self.mirror = RegistryMirror(reactor, self.store, self.client, registries, **options)
+        self.port = reactor.listenTCP(0, MirrorSite(MirrorResource(self.mirror)),
+                                      interface="127.0.0.1")
+
+    def get(self, path: str, method: str = "GET", **headers: str):  # type: ignore[no-untyped-def]
+        return fetch(self.port.getHost().port, "127.0.0.1", path,
+                     {"accept": ACCEPT_ALL, **{k.replace("_", "-"): v for k, v in headers.items()}},
+                     method)
+
+    @defer.inlineCallbacks
+    def close(self):  # type: ignore[no-untyped-def]
+        yield self.port.stopListening()
+        yield self.fetcher.close()
+        self.store.close()
+
+
+@pytest.fixture
+def upstream():  # type: ignore[no-untyped-def]
+    origin = RegistryOrigin(reactor)
+    layout = Layout()
+    single = layout.image("single")
+    layout.tag(single, "latest")
+    origin.add("library/single", "latest", layout, single)
+    multi_layout = Layout()
+    multi = multi_layout.index("multi")
+    origin.add("owner/multi", "1", multi_layout, multi)
+    origin.layouts = {"single": (layout, single), "multi": (multi_layout, multi)}  # type: ignore[attr-defined]
+    origin.listen()
+    yield origin
+    pytest_twisted.blockon(origin.stop())
+
+
+@pytest.fixture
+def mirror(tmp_path, upstream):  # type: ignore[no-untyped-def]
+    started = []
+
+    def start(**options):  # type: ignore[no-untyped-def]
+        m = Mirror(tmp_path / f"m{len(started)}", upstream.url(), **options)
+        started.append(m)
+        return m
+    yield start
+    for m in started:
+        pytest_twisted.blockon(m.close())
+
+
+def _blobs(layout: Layout, manifest_digest: str) -> list[str]:
+    manifest = json.loads(layout.blobs[manifest_digest].data)
+    return [manifest["config"]["digest"]] + [layer["digest"] for layer in manifest["layers"]]
+
+
+@pytest_twisted.inlineCallbacks
+def test_ping_needs_no_credentials(mirror) -> None:  # type: ignore[no-untyped-def]
+    m = mirror()
+    reply = yield m.get("/v2/")
+    assert reply.status == 200 and "www-authenticate" not in reply.headers
+    assert reply.headers["docker-distribution-api-version"] == "registry/2.0"
+
+
+@pytest_twisted.inlineCallbacks
+def test_pull_through_token_and_cdn_then_zero_upstream_gets(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    layout, top = upstream.layouts["single"]
+    m = mirror()
+    head = yield m.get("/v2/single/manifests/latest", "HEAD")
+    assert head.status == 200 and head.body == b""
+    assert head.headers["docker-content-digest"] == top.digest
+    assert head.headers["content-length"] == str(len(top.data))
+    assert head.headers["content-type"] == top.media_type
+    assert upstream.count("GET", "/manifests/") == 0  # a client's HEAD is never a GET
+    got = yield m.get(f"/v2/library/single/manifests/{top.digest}")
+    assert got.body == top.data and got.headers["docker-content-digest"] == top.digest
+    for digest in _blobs(layout, top.digest):
+        blob = yield m.get(f"/v2/library/single/blobs/{digest}")
+        assert blob.status == 200 and "sha256:" + blob.sha256 == digest
+        assert blob.headers["x-cache"] == "MISS"
+    # One token for the repository, reused; the CDN never saw a token.
+    assert upstream.count("GET", where="token") == 1
+    assert upstream.count(where="cdn") == len(_blobs(layout, top.digest))
+    assert all("authorization" not in s.headers for s in upstream.seen if s.where == "cdn")
+    upstream.reset()
+    for digest in [top.digest, *_blobs(layout, top.digest)]:
+        kind = "manifests" if digest == top.digest else "blobs"
+        again = yield m.get(f"/v2/library/single/{kind}/{digest}")
+        assert again.status == 200 and again.headers["x-cache"] == "HIT"
+    assert upstream.seen == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_tag_revalidated_by_head_after_ttl(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    layout, top = upstream.layouts["single"]
+    m = mirror(tag_ttl=0)
+    first = yield m.get("/v2/library/single/manifests/latest")
+    assert first.body == top.data and first.headers["x-cache"] == "MISS"
+    assert upstream.count("GET", "/manifests/") == 1  # by digest, after the HEAD
+    upstream.reset()
+    second = yield m.get("/v2/library/single/manifests/latest")
+    assert second.body == top.data and second.headers["x-cache"] == "REVALIDATED"
+    assert upstream.count("HEAD", "/manifests/latest") == 1
+    assert upstream.count("GET") == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_tag_fresh_within_ttl_costs_nothing(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    m = mirror(tag_ttl=3600)
+    yield m.get("/v2/library/single/manifests/latest")
+    upstream.reset()
+    again = yield m.get("/v2/library/single/manifests/latest")
+    assert again.headers["x-cache"] == "HIT" and upstream.seen == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_new_digest_behind_a_tag_is_fetched_once(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    m = mirror(tag_ttl=0)
+    yield m.get("/v2/library/single/manifests/latest")
+    newer = Layout()
+    top = newer.image("single-v2")
+    upstream.add("library/single", "latest", newer, top)
+    got = yield m.get("/v2/library/single/manifests/latest")
+    assert got.body == top.data and got.headers["x-cache"] == "MISS"
+
+
+@pytest_twisted.inlineCallbacks
+def test_stale_if_error_and_404_when_nothing_to_serve(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    _, top = upstream.layouts["single"]
+    m = mirror(tag_ttl=0)
+    yield m.get("/v2/library/single/manifests/latest")
+    for status in (429, 503):
+        upstream.fail("/v2/library/", status)
+        stale = yield m.get("/v2/library/single/manifests/latest")
+        assert stale.status == 200 and stale.body == top.data
+        assert stale.headers["x-cache"] == "STALE"
+        head = yield m.get("/v2/library/single/manifests/latest", "HEAD")
+        assert head.status == 200 and head.headers["docker-content-digest"] == top.digest
+        unknown = yield m.get("/v2/library/other/manifests/latest")
+        assert unknown.status == 404  # never a 502: the daemon falls back
+        upstream.heal()
+    yield upstream.stop()  # the upstream gone altogether
+    yield m.fetcher.close()  # (and the connections to it)
+    stale = yield m.get("/v2/library/single/manifests/latest")
+    assert stale.status == 200 and stale.headers["x-cache"] == "STALE"
+    missing = yield m.get("/v2/library/other/manifests/1")
+    assert missing.status == 404
+    blob = yield m.get("/v2/library/other/blobs/sha256:" + "0" * 64)
+    assert blob.status == 404
+
+
+@pytest_twisted.inlineCallbacks
+def test_offline_serves_what_is_stored(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    _, top = upstream.layouts["single"]
+    warm = mirror()
+    yield warm.get("/v2/library/single/manifests/latest")
+    yield warm.close()
+    upstream.reset()
+    offline = Mirror(warm.store.directory.parent, upstream.url(), offline=True, tag_ttl=0)
+    try:
+        got = yield offline.get("/v2/library/single/manifests/latest")
+        assert got.body == top.data
+        missing = yield offline.get("/v2/library/nope/manifests/latest")
+        assert missing.status == 404
+    finally:
+        yield offline.close()
+    assert upstream.seen == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_corrupted_blob_is_never_stored(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    layout, top = upstream.layouts["single"]
+    layer = _blobs(layout, top.digest)[-1]
+    upstream.corrupt.add(layer)
+    m = mirror()
+    with pytest.raises(Exception):  # the transfer is aborted, never a complete-looking body
+        yield m.get(f"/v2/library/single/blobs/{layer}")
+    assert m.store.get(object_key("blobs", layer)) is None
+    upstream.corrupt.clear()
+    good = yield m.get(f"/v2/library/single/blobs/{layer}")
+    assert "sha256:" + good.sha256 == layer
+    assert m.store.get(object_key("blobs", layer)) is not None
+
+
+@pytest_twisted.inlineCallbacks
+def test_concurrent_pulls_make_one_get_per_blob(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    layout, top = upstream.layouts["single"]
+    m = mirror()
+    digests = _blobs(layout, top.digest)
+    replies = yield defer.gatherResults([m.get(f"/v2/library/single/blobs/{d}")
+                                         for d in digests for _ in range(10)])
+    assert all("sha256:" + r.sha256 == d for r, d in
+               zip(replies, [d for d in digests for _ in range(10)]))
+    for d in digests:
+        assert upstream.count("GET", d, where="cdn") == 1
+    labels = sorted(r.headers["x-cache"] for r in replies)
+    assert labels.count("MISS") == len(digests)
+
+
+@pytest_twisted.inlineCallbacks
+def test_range_on_blobs(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    layout, top = upstream.layouts["single"]
+    digest = _blobs(layout, top.digest)[-1]
+    data = layout.blobs[digest].data
+    m = mirror()
+    part = yield m.get(f"/v2/library/single/blobs/{digest}", range="bytes=100-")
+    assert part.status == 206 and part.body == data[100:]
+    assert part.headers["content-range"] == f"bytes 100-{len(data) - 1}/{len(data)}"
+    part = yield m.get(f"/v2/library/single/blobs/{digest}", range="bytes=5-9")
+    assert part.status == 206 and part.body == data[5:10]
+    bad = yield m.get(f"/v2/library/single/blobs/{digest}", range=f"bytes={len(data)}-")
+    assert bad.status == 416
+
+
+@pytest_twisted.inlineCallbacks
+def test_blob_head_is_answered_without_a_get(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    layout, top = upstream.layouts["single"]
+    digest = _blobs(layout, top.digest)[-1]
+    m = mirror()
+    head = yield m.get(f"/v2/library/single/blobs/{digest}", "HEAD")
+    assert head.status == 200 and head.headers["docker-content-digest"] == digest
+    assert head.headers["content-length"] == str(len(layout.blobs[digest].data))
+    assert upstream.count("GET", "/blobs/") == 0 and upstream.count("GET", where="cdn") == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_index_and_children_by_ns_and_host_routes(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    layout, index = upstream.layouts["multi"]
+    m = mirror()
+    by_ns = yield m.get("/v2/owner/multi/manifests/1?ns=ghcr.io")
+    assert by_ns.body == index.data and by_ns.headers["docker-content-digest"] == index.digest
+    children = [d["digest"] for d in json.loads(index.data)["manifests"]]
+    for child in children:
+        got = yield m.get(f"/v2/ghcr.io/owner/multi/manifests/{child}")
+        assert hashlib.sha256(got.body).hexdigest() == child[7:]
+        assert got.headers["content-type"] == layout.blobs[child].media_type
+    # Stored once by digest, whatever the route.
+    upstream.reset()
+    again = yield m.get(f"/v2/owner/multi/manifests/{index.digest}?ns=ghcr.io")
+    assert again.headers["x-cache"] == "HIT" and upstream.seen == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_unknown_registry_and_other_apis_are_404(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    m = mirror()
+    for path in ("/v2/x/manifests/1?ns=registry.example.com", "/v2/_catalog",
+                 "/v2/library/single/tags/list"):
+        reply = yield m.get(path)
+        assert reply.status == 404, path
+    push = yield m.get("/v2/library/single/manifests/latest", "PUT")
+    assert push.status == 405
+    assert upstream.seen == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_refusals_pass_on_and_credentials_are_relayed_uncached(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    _, top = upstream.layouts["single"]
+    m = mirror()
+    upstream.fail("/token", 403)  # no anonymous token: the 401 is passed on
+    refused = yield m.get("/v2/library/single/manifests/latest")
+    assert refused.status == 401
+    upstream.heal()
+    upstream.auth = False
+    relayed = yield m.get(f"/v2/library/single/manifests/{top.digest}",
+                          authorization="Bearer client-token")
+    assert relayed.status == 200 and relayed.headers["x-cache"] == "PASS"
+    assert any(s.headers.get("authorization") == "Bearer client-token" for s in upstream.seen)
+    assert m.store.get(object_key("manifests", top.digest)) is None
