@@ -126,15 +126,19 @@ def installed(root: Path, repo: ar.AlpineRepo) -> list[str]:
 
 @dataclass(frozen=True)
 class Image:
-    """An Alpine root entered with ``chroot`` inside one namespace."""
+    """An Alpine root entered with ``chroot`` inside one namespace (``container``), or in
+    the host's network with ``env`` (the proxy variables of a build that sets them)."""
 
     root: Path
-    container: netns.Container
+    container: netns.Container | None
+    env: tuple[tuple[str, str], ...] = ()
 
-    def __call__(self, *argv: str, env: dict[str, str] | None = None) -> defer.Deferred:
-        (self.root / "etc/resolv.conf").write_text(f"nameserver {self.container.host_ip}\n")
-        return run(self.container.argv(["chroot", str(self.root), *argv]),
-                   env={"PATH": PATH, "HOME": "/root", **(env or {})})
+    def __call__(self, *argv: str) -> defer.Deferred:
+        command = ["chroot", str(self.root), *argv]
+        if self.container is not None:
+            (self.root / "etc/resolv.conf").write_text(f"nameserver {self.container.host_ip}\n")
+            command = self.container.argv(command)
+        return run(command, env={"PATH": PATH, "HOME": "/root", **dict(self.env)})
 
     @defer.inlineCallbacks
     def update_and_add(self, name: str = ar.TOP):  # type: ignore[no-untyped-def]
@@ -443,3 +447,27 @@ def test_alpine_root_reads_alpine_paths(tmp_path, apk, repo):
     strings = (root / "sbin/apk").read_bytes()
     assert b"/usr/lib/ssl" in strings and b"/etc/apk/ca.pem" in strings
     assert fx.ALPINE_HOST == ar.HOST
+
+
+@pytest_twisted.inlineCallbacks
+def test_apk_through_the_explicit_proxy(apk, repo, origin, start_tls_gateway, tmp_path):
+    """A build that sets ``HTTPS_PROXY``/``HTTP_PROXY``: apk's libfetch sends CONNECT
+    (https, the CA trusted by trust-ca.sh) or an absolute-form GET (http) to cachegate's
+    proxy port, and both are served from one cache: each object crosses once."""
+    need(BUSYBOX.exists(), "busybox not installed (Debian package busybox-static)")
+    origin.reset()
+    gw = start_tls_gateway(origin.url, proxy=True)
+    runs = []
+    for name, variable, repository in (("https", "HTTPS_PROXY", HTTPS_REPO),
+                                       ("http", "HTTP_PROXY", HTTP_REPO)):
+        root = alpine_root(tmp_path / name, apk, repo, repository, [])
+        img = Image(root, None, ((variable, gw.proxy_url),))
+        if name == "https":
+            yield trust_cachegate(img, gw.cafile)
+        update, add = yield img.update_and_add()
+        assert add is not None and add.returncode == 0, f"{name}: {said(update)}\n{said(add)}"
+        assert installed(root, repo) == []
+        runs.append(update.stdout)
+    assert all(f"fetch {scheme}://{ar.HOST}" in out for scheme, out in zip(("https", "http"), runs))
+    for obj in repo.objects:
+        assert origin.count(obj.origin_path) == 1, obj.origin_path
