@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from gateway.catalogue import Upstream
+from gateway.cache.rules import Upstream
 
 Labels = tuple[bytes, ...]
 
@@ -23,7 +23,7 @@ def name_labels(name: str | Labels) -> Labels:
 
 class RedirectRules:
     """Exact names and ``*.suffix`` patterns (names strictly below ``suffix``), as in
-    ``gateway.catalogue.host_matches``; case-insensitive."""
+    ``gateway.cache.rules.host_matches``; case-insensitive."""
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self.exact: set[Labels] = set()

@@ -20,7 +20,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-from gateway.catalogue import BUILTIN, Policy, Rule, Upstream
+from gateway.cache.rules import Policy, Rule, Upstream
+from gateway.ecosystems.catalogue import BUILTIN, DIGEST_SCHEMES
 
 DEFAULT_CONFIG_PATH = Path("/etc/cachegate/cachegate.toml")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -315,7 +316,7 @@ def _rule(parent: _Reader, index: int, value: Any) -> Rule:
     pattern = r.convert("path", str, "", _regex)
     policy = r.convert("policy", str, "standard", Policy)
     ttl = r.convert("ttl", int, 600 if policy is Policy.REVALIDATE else 0, _non_negative)
-    digest = r.convert("digest", str, "", lambda v: _choice(v, ("", "pypi-blake2b")))
+    digest = r.convert("digest", str, "", lambda v: _choice(v, ("", *sorted(DIGEST_SCHEMES))))
     return Rule(pattern, policy, ttl, digest)
 
 

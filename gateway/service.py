@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import replace
+from functools import partial
 
 from twisted.application import internet, service
 from twisted.logger import Logger
@@ -11,21 +12,22 @@ from twisted.logger import Logger
 from dns.responder import ReplyMemo
 from dns.rules import RedirectRules
 from dns.service import dns_services
-from gateway.activity import Activity
+from gateway.ops.activity import Activity
 from gateway.addresses import (advertised_ipv4, forwarding_guard, listen_addresses,
                                own_address_guard)
-from gateway.admin import AdminService
-from gateway.catalogue import Upstream, find_upstream
+from gateway.ops.admin import AdminService
+from gateway.cache.rules import Upstream, find_upstream
 from gateway.config import Config
-from gateway.fetcher import Fetcher
-from gateway.flight import Flights
-from gateway.handler import Gateway, GatewayResource, GatewaySite
-from gateway.logging import AccessLog
-from gateway.passthrough import PassthroughFactory
-from gateway.proxy import ProxyFactory, proxy_context
-from gateway.stats import Stats
-from gateway.store import Store
-from gateway.upstream_edits import with_saved_edits
+from gateway.cache.fetcher import Fetcher
+from gateway.cache.flight import Flights
+from gateway.front.handler import Gateway, GatewayResource, GatewaySite
+from gateway.front.accesslog import AccessLog
+from gateway.ops.progress import watch_progress
+from gateway.front.passthrough import PassthroughFactory
+from gateway.front.proxy import ProxyFactory, proxy_context
+from gateway.cache.stats import Stats
+from gateway.cache.store import Store
+from gateway.ops.upstream_edits import with_saved_edits
 from tls.ca import permitted_domains
 from tls.context import SNIContexts
 from tls.leaf import LeafCache
@@ -72,7 +74,8 @@ class GatewayService(service.MultiService):
                                       connect_timeout=config.cache.connect_timeout,
                                       idle_timeout=config.cache.idle_timeout)
         self.stats = Stats()
-        flights = Flights(reactor, self.store, self.fetcher, config.cache.negative_ttl)
+        flights = Flights(reactor, self.store, self.fetcher, config.cache.negative_ttl,
+                          partial(watch_progress, reactor))
         self.gateway = Gateway(reactor, config, self.store, flights, self.stats,
                                self.ca.cert_pem(), access_log,
                                self.foreign_fetcher if config.server.proxy_port else None)

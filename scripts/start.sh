@@ -71,7 +71,7 @@ start_gateway() {
 wait_gateway() {
   local args=(--timeout "$timeout")
   if [[ -n ${wait_pid:-} ]]; then args+=(--pid "$wait_pid"); fi
-  if ! docker_dns=$("$py" -m gateway.hostsetup "${config_args[@]}" wait "${args[@]}"); then
+  if ! docker_dns=$("$py" -m gateway.ops.hostsetup "${config_args[@]}" wait "${args[@]}"); then
     if [[ -n ${wait_pid:-} && -f $log_file ]]; then tail -n 20 "$log_file" >&2; fi
     error "the gateway did not come up (see above)"
   fi
@@ -88,7 +88,7 @@ point_docker() {
                     "steps; listen on the docker0 address (server.listen = [\"auto\"])" >&2 ;;
   esac
   local result
-  result=$("$py" -m gateway.hostsetup set-dns "$daemon_json" "$docker_dns")
+  result=$("$py" -m gateway.ops.hostsetup set-dns "$daemon_json" "$docker_dns")
   if [[ $result == unchanged ]]; then
     say "$daemon_json already points Docker's DNS at $docker_dns"
     return
@@ -111,7 +111,7 @@ trust_images() {
 ensure_venv
 py=$venv/bin/python
 STATE_DIR='' ADMIN_URL='' TRUST_IMAGES=''
-env_lines=$("$py" -m gateway.hostsetup "${config_args[@]}" env)
+env_lines=$("$py" -m gateway.ops.hostsetup "${config_args[@]}" env)
 eval "$env_lines"  # sets STATE_DIR, ADMIN_URL and TRUST_IMAGES, quoted by the helper
 state_dir=$STATE_DIR
 trust_images=${trust_images:-$TRUST_IMAGES}

@@ -26,7 +26,7 @@ is_running() {  # alive, and not a zombie waiting for its reaper (kill -0 says y
 
 restore_docker() {
   local result
-  result=$("$py" -m gateway.hostsetup restore-dns "$daemon_json")
+  result=$("$py" -m gateway.ops.hostsetup restore-dns "$daemon_json")
   case $result in
     restored) say "restored $daemon_json as it was before start.sh" ;;
     removed) say "removed $daemon_json (there was none before start.sh)" ;;
@@ -67,7 +67,7 @@ stop_gateway() {
 py=$venv/bin/python
 [[ -x $py ]] || error "$venv is missing: was cachegate started with scripts/start.sh?"
 STATE_DIR=''
-env_lines=$("$py" -m gateway.hostsetup "${config_args[@]}" env)
+env_lines=$("$py" -m gateway.ops.hostsetup "${config_args[@]}" env)
 eval "$env_lines"  # sets STATE_DIR (and ADMIN_URL, TRUST_IMAGES), quoted by the helper
 pid_file=$STATE_DIR/cachegate.pid
 restore_images() {

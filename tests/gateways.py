@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet import reactor
 
-from gateway.catalogue import BUILTIN
+from gateway.ecosystems.catalogue import BUILTIN
 from gateway.config import CacheConfig, Config, DnsConfig, ServerConfig
 from gateway.service import make_service
 

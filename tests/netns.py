@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from gateway.hostsetup import process_alive
+from gateway.ops.hostsetup import process_alive
 from tests import fixtures as fx
 
 PREFIX = "cgw"  # every namespace and host-side interface we create starts so
@@ -278,7 +278,7 @@ class HostGateway:
         self._log = open(self.log_path, "wb")
         root = Path(__file__).resolve().parents[1]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "--config", str(self.config), "serve"],
+            [sys.executable, "-m", "gateway.ops.cli", "--config", str(self.config), "serve"],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=root, preexec_fn=die_with_parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})  # the log is read as it grows
 

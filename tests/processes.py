@@ -37,7 +37,7 @@ def serve(config: Path, log: Path, core: str | None = None) -> subprocess.Popen:
     one CPU core (taskset) when ``core`` is given, as the benchmarks run it."""
     pin = ["taskset", "-c", core] if core is not None else []
     with open(log, "wb") as out:  # the child keeps its own copy
-        return subprocess.Popen([*pin, sys.executable, "-m", "gateway.cli", "--config",
+        return subprocess.Popen([*pin, sys.executable, "-m", "gateway.ops.cli", "--config",
                                  str(config), "serve"], cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT)
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from gateway.catalogue import Policy
+from gateway.cache.rules import Policy
 from gateway.config import ConfigError, load_config, parse_config
 
 
@@ -88,7 +88,7 @@ def test_unreadable_and_malformed_files(tmp_path):
 def test_serve_rejects_bad_config_with_one_line_and_exit_1(tmp_path):
     bad = tmp_path / "c.toml"
     bad.write_text("[cache]\nsize_limit = 'huge'\n")
-    run = subprocess.run([sys.executable, "-m", "gateway.cli", "--config", str(bad), "serve"],
+    run = subprocess.run([sys.executable, "-m", "gateway.ops.cli", "--config", str(bad), "serve"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
     assert run.stderr.strip().splitlines() == [

@@ -15,7 +15,7 @@ from dns.answers import (BADVERS, FORMERR, MAX_UDP_PAYLOAD, NOTIMP, Dropped, Que
 from dns.cache import NEGATIVE_TTL_CAP, AnswerCache, cache_ttl
 from dns.resolvconf import forwarders, nameservers, parse_forwarder
 from dns.rules import RedirectRules
-from gateway.catalogue import BUILTIN
+from gateway.ecosystems.catalogue import BUILTIN
 from gateway.config import DnsConfig
 
 TARGET = RedirectTarget("10.9.8.7", "", 30)

@@ -15,7 +15,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from twisted.internet.task import Clock
 
-from gateway.catalogue import BUILTIN, Upstream
+from gateway.cache.rules import Upstream
+from gateway.ecosystems.catalogue import BUILTIN
 from tls.ca import CA_LIFETIME, CAError, create_ca, missing_domains, permitted_domains
 from tls.leaf import LEAF_LIFETIME, LeafCache, issue_leaf, new_leaf_key
 from tls.store import ca_paths, export_pem, load_or_create_ca, rotate_ca

@@ -18,7 +18,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.protocols.basic import LineReceiver
 from twisted.web import resource, server
 
-from gateway.catalogue import BUILTIN, find_upstream
+from gateway.cache.rules import find_upstream
+from gateway.ecosystems.catalogue import BUILTIN
 from tls.ca import create_ca, permitted_domains
 from tls.context import SNIContexts, sni_name
 from tls.leaf import LeafCache

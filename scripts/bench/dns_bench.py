@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench/dns_bench.py [--seconds 5] [--inflight 32]
 
-cachegate is the real process (``python -m gateway.cli serve``, every listener up, DNS on a
+cachegate is the real process (``python -m gateway.ops.cli serve``, every listener up, DNS on a
 free port); dnsmasq runs in the foreground with ``--conf-file=/dev/null``, a 10000-entry
 cache and the same answers.  Both forward to one fake upstream resolver (a dnslib thread in
 this process, TTL one hour) that counts what it is asked.  Two measures per server:
@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord  # noqa: E402
 
-from gateway.catalogue import BUILTIN  # noqa: E402
+from gateway.ecosystems.catalogue import BUILTIN  # noqa: E402
 from tests.processes import serve, stop_all  # noqa: E402
 
 SERVER_CORE, CLIENT_CORE = "1", "0"

@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
-from gateway.catalogue import BUILTIN, find_upstream  # noqa: E402
+from gateway.cache.rules import find_upstream  # noqa: E402
+from gateway.ecosystems.catalogue import BUILTIN
 from tls.ca import create_ca, permitted_domains  # noqa: E402
 from tls.leaf import issue_leaf, new_leaf_key  # noqa: E402
 

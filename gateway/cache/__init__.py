@@ -1,0 +1,1 @@
+"""The caching engine: store, single flight, downloads, freshness. No ecosystem names."""

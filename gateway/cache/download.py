@@ -1,0 +1,220 @@
+"""A download in progress: an upstream body written to a partial file as it arrives, which
+any number of readers follow at their own pace.
+
+Memory stays bounded whatever the object size (bytes go straight to the file; readers
+``pread`` them back), and a slow reader never slows the download.  When the body ends it
+is verified (length, and a digest where the URL names one) before anyone may treat it as
+complete; a digest-checked body holds back its last byte until then, so no client ever
+sees a complete-looking body that fails verification.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from typing import Callable
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.cache.rules import Digest
+
+log = Logger()
+
+Watcher = Callable[[], None]
+
+# A full cache filesystem must not fail a build: the rest of the body is streamed through
+# from memory, never stored.  Past this many bytes held for the slowest reader the upstream
+# is paused (TCP pushes back on it), and resumed below half of it.
+MAX_SPILL = 4 * 2**20
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class VerificationError(Exception):
+    """The body does not match what the response or the URL promised."""
+
+
+class Download:
+    """An upstream body being written to ``path``; readers follow it with ``pread``."""
+
+    def __init__(self, path: str, length: int | None, expected: Digest | None = None) -> None:
+        self.path = path
+        self.length = length  # from Content-Length, when the upstream sent one
+        self.expected = expected  # the digest the URL or an index promises
+        self.size = 0
+        self.done = False
+        self.error: Failure | None = None
+        self.sha256 = hashlib.sha256()
+        # The promised digest's hasher, unless it is the sha256 every body gets anyway.
+        self._check = expected.hasher() if expected and expected.algorithm != "sha256" else None
+        self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._read_fd: int | None = os.open(path, os.O_RDONLY)
+        self._watchers: list[Watcher] = []
+        self._on_finish: list[Callable[["Download"], None]] = []
+        # Disk full: bytes from ``on_disk`` on live in ``_tail`` (from ``_tail_start``).
+        self.spilled = False
+        self.on_disk = 0
+        self._tail = bytearray()
+        self._tail_start = 0
+        self._positions: dict[Watcher, int] = {}
+        self._producer = None  # the upstream body's transport, to pause when spilling
+        self._paused = False
+
+    @property
+    def finished(self) -> bool:
+        return self.done or self.error is not None
+
+    def available(self) -> int:
+        """How many bytes readers may send now."""
+        if self.expected is not None and not self.done:
+            return max(0, self.size - 1)
+        return self.size
+
+    # -- the writing side (a fetcher's body sink) ---------------------------------------
+
+    def attach_producer(self, producer) -> None:  # type: ignore[no-untyped-def]
+        """The upstream body's transport: paused while spilled bytes pile up."""
+        self._producer = producer
+
+    def write(self, data: bytes) -> None:
+        if self.finished:
+            return
+        if self.spilled:
+            self._tail += data
+        else:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._write_fd, view):]
+            except OSError as e:
+                if e.errno not in _DISK_FULL:
+                    log.error("cannot write download {path}: {error}", path=self.path, error=e)
+                    self.finish(Failure(e))
+                    return
+                self._spill(bytes(view), e)
+        self.size += len(data)
+        self.sha256.update(data)
+        if self._check is not None:
+            self._check.update(data)
+        self._notify()
+        if self.spilled:
+            self._trim()
+
+    def _spill(self, unwritten: bytes, error: OSError) -> None:
+        log.error("cache filesystem full ({error}): streaming {path} through without "
+                  "storing it", error=error.strerror, path=self.path)
+        self.spilled = True
+        self.on_disk = self._tail_start = os.fstat(self._write_fd).st_size
+        self._tail += unwritten
+
+    def read_spilled(self, pos: int, size: int) -> bytes:
+        """Bytes from ``pos`` (at or past ``on_disk``) held in memory; b"" if trimmed."""
+        if pos < self._tail_start:
+            return b""
+        start = pos - self._tail_start
+        return bytes(self._tail[start:start + size])
+
+    def position(self, watcher: Watcher, pos: int) -> None:
+        """A reader's progress: spilled bytes every reader has sent are dropped."""
+        self._positions[watcher] = pos
+        if self.spilled:
+            self._trim()
+
+    def _trim(self) -> None:
+        lowest = min(self._positions.values(), default=self._tail_start + len(self._tail))
+        drop = min(len(self._tail), lowest - self._tail_start)
+        if drop > 0:
+            del self._tail[:drop]
+            self._tail_start += drop
+        self._push_back()
+
+    def _push_back(self) -> None:
+        if self._producer is None or self.finished:
+            return
+        if not self._paused and len(self._tail) > MAX_SPILL:
+            self._paused = True
+            self._producer.pauseProducing()
+        elif self._paused and len(self._tail) < MAX_SPILL // 2:
+            self._paused = False
+            self._producer.resumeProducing()
+
+    @property
+    def pushing_back(self) -> bool:
+        """The upstream is paused for slow readers: its silence is ours, not a stall."""
+        return self._paused
+
+    def joinable(self) -> bool:
+        """Whether a new reader from byte 0 can still get every byte (spilled bytes are
+        dropped once the readers present have sent them)."""
+        return not self.spilled or self._tail_start == self.on_disk
+
+    @property
+    def storable(self) -> bool:
+        """Complete, verified and wholly on disk."""
+        return self.done and not self.spilled
+
+    def finish(self, failure: Failure | None) -> None:
+        if self.finished:
+            return
+        os.close(self._write_fd)
+        if failure is None:
+            try:
+                self._verify()
+            except VerificationError as e:
+                failure = Failure(e)
+        if failure is None:
+            self.done = True
+        else:
+            self.error = failure
+        for callback in self._on_finish:
+            callback(self)
+        self._discard_uncommitted()
+        self._notify()
+        self._close_reader()
+
+    def _discard_uncommitted(self) -> None:
+        """Remove the partial file unless a finish callback committed (renamed) it."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def _verify(self) -> None:
+        if self.length is not None and self.size != self.length:
+            raise VerificationError(f"got {self.size} bytes, Content-Length said {self.length}")
+        if self.expected is not None:
+            got = (self._check or self.sha256).hexdigest()
+            if got != self.expected.hex:
+                raise VerificationError(
+                    f"{self.expected.algorithm} {got} != {self.expected.hex} expected")
+
+    def on_finish(self, callback: Callable[["Download"], None]) -> None:
+        """Run ``callback(self)`` when the body ends, before readers are told."""
+        self._on_finish.append(callback)
+
+    # -- the reading side ----------------------------------------------------------------
+
+    def open_reader(self) -> int:
+        """A file descriptor of the body for one reader, valid after commit or unlink."""
+        assert self._read_fd is not None, "open_reader after the download finished"
+        return os.dup(self._read_fd)
+
+    def watch(self, watcher: Watcher) -> None:
+        self._watchers.append(watcher)
+
+    def unwatch(self, watcher: Watcher) -> None:
+        if watcher in self._watchers:
+            self._watchers.remove(watcher)
+        self._positions.pop(watcher, None)
+        if self.spilled:
+            self._trim()
+
+    def _notify(self) -> None:
+        for watcher in list(self._watchers):
+            watcher()
+
+    def _close_reader(self) -> None:
+        if self._read_fd is not None:
+            os.close(self._read_fd)
+            self._read_fd = None

@@ -1,0 +1,284 @@
+"""Single flight: one upstream request per cache key at a time, shared by every client that
+asks while it runs.
+
+The first client of a key starts a ``Flight``; later ones join it.  When the upstream
+answers, every member gets the same ``Outcome``: a ``Streaming`` download to follow, a
+``Stored`` entry (revalidated by a 304, or stale because the upstream failed), or a
+``Failed`` status.  A finished body is committed to the store only if it verified and its
+response may be stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Union
+
+from twisted.internet import defer, error
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+from gateway.cache.rules import Rule, Upstream
+from gateway.cache.download import Download
+from gateway.cache.fetcher import Fetcher, header_dict, header_pairs
+from gateway.cache.headers import as_dict, merge_304, replayable, shared_request_headers
+from gateway.cache.keys import parse_vary, variant_key
+from gateway.cache.policy import freshness, store_refusal
+from gateway.cache.store import Entry, Meta, Store
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A cacheable request, resolved against the catalogue."""
+
+    host: str
+    path: str  # path and query, as requested
+    base: str  # host + path + query
+    key: str  # the variant key under which the request looked
+    upstream: Upstream
+    rule: Rule
+    url: str  # where to fetch it
+    headers: dict[str, str] = field(hash=False)  # the first client's request headers
+
+
+@dataclass(frozen=True)
+class Streaming:
+    download: Download
+    status: int
+    headers: list[tuple[str, str]]  # replayable response headers
+    label: str  # MISS or PASS
+
+
+@dataclass(frozen=True)
+class Stored:
+    entry: Entry
+    label: str  # REVALIDATED or STALE
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Look again: the response varies and this client wants another variant (or it is
+    private to the client that asked first, and ``bypass`` says to relay instead)."""
+
+    bypass: bool = False
+
+
+Outcome = Union[Streaming, Stored, Failed, Retry]
+
+
+class _Discard(Protocol):
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        pass
+
+
+class Flights:
+    """The flights in progress, by key, and the upstream conversation of each."""
+
+    def __init__(self, reactor, store: Store, fetcher: Fetcher,  # type: ignore[no-untyped-def]
+                 negative_ttl: float,
+                 on_download: Callable[[Download, str], None] | None = None) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.fetcher = fetcher
+        self.negative_ttl = negative_ttl
+        # Told of every upstream body as it starts (the operator's progress log).
+        self.on_download = on_download or (lambda download, url: None)
+        self.active: dict[str, Flight] = {}
+
+    def obtain(self, target: Target, stale: Entry | None) -> "defer.Deferred[Outcome]":
+        """Join the flight for ``target.key``, starting it if there is none."""
+        flight = self.active.get(target.key)
+        if flight is None:
+            flight = self.active[target.key] = Flight(self, target, stale)
+            flight.start()
+        return flight.join(target.headers)
+
+    def relay(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
+              fetcher: Fetcher | None = None) -> "defer.Deferred[Outcome]":
+        """An unshared request whose response is streamed through and never stored (sent
+        with ``fetcher`` when given: hosts outside the catalogue)."""
+        fetcher = fetcher or self.fetcher
+
+        def streaming(response) -> Outcome:  # type: ignore[no-untyped-def]
+            download = Download(self.store.new_partial(), _length(response))
+            outcome = Streaming(download, response.code, replayable(header_pairs(response.headers)),
+                                "PASS")
+            self.on_download(download, url)
+            self.reactor.callLater(0, fetcher.deliver, response, download)
+            return outcome
+        d = fetcher.request(method, url, headers, body)
+        return d.addCallbacks(streaming, lambda f: _failure_outcome(f, url))
+
+
+def _length(response) -> int | None:  # type: ignore[no-untyped-def]
+    return None if response.length is UNKNOWN_LENGTH else response.length
+
+
+def _timed_out(failure: Failure) -> bool:
+    """A timeout, also when the HTTP client wraps it (``ResponseNeverReceived``)."""
+    reasons = getattr(failure.value, "reasons", None) or [failure]
+    return any(f.check(defer.TimeoutError, defer.CancelledError, error.TimeoutError)
+               for f in reasons)
+
+
+def _failure_outcome(failure: Failure, url: str) -> Failed:
+    if _timed_out(failure):
+        log.error("upstream timed out: {url}", url=url)
+        return Failed(504, "upstream timed out")
+    log.error("upstream unreachable: {url}: {error}", url=url, error=failure.getErrorMessage())
+    return Failed(502, f"upstream unreachable: {failure.getErrorMessage()}")
+
+
+class Flight:
+    """One upstream fetch of one key and the clients waiting on it."""
+
+    def __init__(self, flights: Flights, target: Target, stale: Entry | None) -> None:
+        self.flights = flights
+        self.target = target
+        self.stale = stale
+        self.outcome: Outcome | None = None
+        self.vary: tuple[str, ...] = ()
+        self.private = False
+        self.storable = False
+        self.waiters: list[tuple[defer.Deferred, dict[str, str]]] = []
+        self.request_time = 0.0
+
+    def join(self, headers: dict[str, str]) -> "defer.Deferred[Outcome]":
+        if self.outcome is not None:
+            return defer.succeed(self._outcome_for(headers))
+        d: defer.Deferred[Outcome] = defer.Deferred()
+        self.waiters.append((d, headers))
+        return d
+
+    def _outcome_for(self, headers: dict[str, str]) -> Outcome:
+        assert self.outcome is not None
+        if headers is self.target.headers or not isinstance(self.outcome, Streaming):
+            return self.outcome
+        if self.private:
+            return Retry(bypass=True)
+        if self.vary and variant_key(self.target.base, self.vary, headers) != \
+                variant_key(self.target.base, self.vary, self.target.headers):
+            return Retry()
+        # A client joining a download it did not start costs the upstream nothing: a hit
+        # (when the response is one the cache keeps).
+        return replace(self.outcome, label="HIT") if self.storable else self.outcome
+
+    def _resolve(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        waiters, self.waiters = self.waiters, []
+        for d, headers in waiters:
+            d.callback(self._outcome_for(headers))
+
+    def _end(self) -> None:
+        if self.flights.active.get(self.target.key) is self:
+            del self.flights.active[self.target.key]
+
+    def start(self) -> None:
+        headers = shared_request_headers(self.target.headers)
+        if self.stale is not None:
+            if etag := self.stale.meta.header("etag"):
+                headers["if-none-match"] = etag
+            if modified := self.stale.meta.header("last-modified"):
+                headers["if-modified-since"] = modified
+        self.request_time = self.flights.reactor.seconds()
+        d = self.flights.fetcher.request("GET", self.target.url, headers)
+        d.addCallbacks(self._response, self._unreachable)
+        d.addErrback(self._bug)
+
+    def _bug(self, failure: Failure) -> None:
+        log.failure("flight for {key} failed", failure, key=self.target.key)
+        if self.outcome is None:
+            self._resolve(Failed(500, "internal error"))
+        self._end()
+
+    def _unreachable(self, failure: Failure) -> None:
+        if self._serve_stale(failure.getErrorMessage()):
+            return
+        self._resolve(_failure_outcome(failure, self.target.url))
+        self._end()
+
+    def _serve_stale(self, why: str) -> bool:
+        """Answer with the stale copy when the upstream fails, if it may be served stale."""
+        if self.stale is None or not self.stale.meta.freshness.stale_if_error:
+            return False
+        log.error("upstream failed ({why}): serving stale {url}", why=why, url=self.target.base)
+        self._resolve(Stored(self.stale, "STALE", '111 - "Revalidation Failed"'))
+        self._end()
+        return True
+
+    def _response(self, response) -> None:  # type: ignore[no-untyped-def]
+        if response.code == 304 and self.stale is not None:
+            response.deliverBody(_Discard())
+            self._revalidated(header_pairs(response.headers))
+            return
+        if response.code >= 500 and self._serve_stale(f"status {response.code}"):
+            response.deliverBody(_Discard())
+            return
+        self._stream(response)
+
+    def _revalidated(self, fresh: list[tuple[str, str]]) -> None:
+        assert self.stale is not None
+        meta = self._meta(304, merge_304(self.stale.meta.headers, fresh), self.stale.meta.length,
+                          self.stale.meta.sha256)
+        entry = self.flights.store.refresh(self.stale, meta)
+        self._resolve(Stored(entry or self.stale, "REVALIDATED"))
+        self._end()
+
+    def _meta(self, status: int, pairs: list[tuple[str, str]], length: int, sha256: str) -> Meta:
+        now = self.flights.reactor.seconds()
+        status = self.stale.meta.status if status == 304 and self.stale else status
+        fresh = freshness(self.target.rule, status, as_dict(pairs), self.request_time, now,
+                          self.flights.negative_ttl)
+        return Meta(self.target.base, self.target.upstream.name, status, pairs, fresh, length,
+                    sha256)
+
+    def _stream(self, response) -> None:  # type: ignore[no-untyped-def]
+        headers = header_dict(response.headers)
+        pairs = replayable(header_pairs(response.headers))
+        self.vary = parse_vary(headers.get("vary"))
+        refusal = store_refusal(self.target.rule, response.code, headers)
+        self.private = refusal == "private"
+        self.storable = refusal is None
+        target = self.target
+        expected = target.upstream.ecosystem.expected_digest(target.rule, target.path) \
+            if response.code == 200 else None
+        download = Download(self.flights.store.new_partial(), _length(response), expected)
+        if refusal is None:
+            self.flights.store.set_vary(self.target.base, self.vary)
+            key = variant_key(self.target.base, self.vary, self.target.headers)
+            download.on_finish(lambda dl: self._commit(dl, key, response.code, pairs))
+        download.on_finish(lambda dl: self._finished(dl))
+        self._resolve(Streaming(download, response.code, pairs, "MISS"))
+        self.flights.on_download(download, self.target.url)
+        self.flights.fetcher.deliver(response, download)
+
+    def _commit(self, download: Download, key: str, status: int,
+                pairs: list[tuple[str, str]]) -> None:
+        if not download.storable:  # failed, or streamed through a full disk
+            return
+        meta = self._meta(status, pairs, download.size, download.sha256.hexdigest())
+        previous = self.stale.meta.sha256 if self.stale is not None else None
+        try:
+            self.flights.store.commit(key, meta, download.path)
+        except Exception:  # a full disk or a broken database must not take the download down
+            log.failure("cannot store {key}", key=key)
+            return
+        group = self.target.upstream.ecosystem.marked_group(self.target.base)
+        if group is not None and previous != meta.sha256:
+            self.flights.store.set_suite_changed(group, meta.freshness.response_time)
+
+    def _finished(self, download: Download) -> None:
+        if download.error is not None:
+            log.error("download of {url} failed: {error}", url=self.target.url,
+                      error=download.error.getErrorMessage())
+        self._end()

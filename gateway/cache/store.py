@@ -1,0 +1,248 @@
+"""The object store: a size-bounded, least-recently-used diskcache of responses.
+
+One diskcache row per object holds the response's metadata (status, headers, freshness,
+digest) and names the body file, so eviction removes both together.  A download is
+written to ``partial/`` in the same directory and committed by ``os.replace`` into the
+diskcache tree (``BodyDisk.store``), never copied; a partial file is never a cache entry,
+and whatever ``partial/`` holds at start is the debris of a crash and is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import diskcache
+from twisted.logger import Logger
+
+from gateway.cache.policy import Freshness
+
+log = Logger()
+
+# Bases whose Vary names are memoised: a few MB, the working set of many builds.
+VARY_MEMO_SIZE = 65536
+# Entries whose metadata is kept in memory after a read: a hit on them costs no SQLite
+# query and no JSON decoding (a third of a small hit's time).  About 2 KB each.
+HOT_ENTRIES = 8192
+MODE_OBJECT = 5  # beyond diskcache's own modes (0-4): JSON metadata + a body file
+_VARY_PREFIX = "vary\n"
+_SUITE_PREFIX = "apt-suite\n"
+
+
+@dataclass
+class Meta:
+    """Everything stored with a body, JSON-serialisable so a cache outlives code changes."""
+
+    url: str  # the base key: host + path + query
+    ecosystem: str
+    status: int
+    headers: list[tuple[str, str]]  # replayable end-to-end response headers
+    freshness: Freshness
+    length: int
+    sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "Meta":
+        data = json.loads(raw)
+        data["headers"] = [tuple(h) for h in data["headers"]]
+        data["freshness"] = Freshness(**data["freshness"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stored object: its metadata and the path of its body file."""
+
+    key: str
+    meta: Meta
+    path: str
+
+
+@dataclass(frozen=True)
+class _Commit:
+    meta: Meta
+    partial: str
+
+
+class BodyDisk(diskcache.Disk):
+    """Commits a finished download by renaming its partial file into the cache tree.
+
+    ``Cache.set(read=True)`` would copy the bytes a second time; a rename within one
+    filesystem is atomic and free.
+    """
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
+        if not isinstance(value, _Commit):
+            return super().store(value, read, key=key)
+        filename, full_path = self.filename(key, value)
+        os.makedirs(os.path.dirname(full_path), exist_ok=True)
+        os.replace(value.partial, full_path)
+        return value.meta.length, MODE_OBJECT, filename, sqlite3.Binary(value.meta.to_json())
+
+    def fetch(self, mode: int, filename: str, value: Any, read: bool) -> Any:
+        if mode != MODE_OBJECT:
+            return super().fetch(mode, filename, value, read)
+        return bytes(value), os.path.join(self._directory, filename)
+
+
+class Store:
+    """Objects by key, plus the small records that steer lookups (Vary, apt suites)."""
+
+    def __init__(self, directory: Path, size_limit: int,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.directory = directory
+        self.clock = clock
+        self.partial_dir = directory / "partial"
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        removed = self._clean_partials()
+        if removed:
+            log.info("removed {count} unfinished downloads left by a previous run",
+                     count=removed)
+        self.size_limit = size_limit
+        # Least-recently-used eviction, done here rather than by diskcache: its LRU policy
+        # makes every hit a write transaction (access time), and its cull drops ten
+        # entries per insert.  Hits are reads; their access times are written in batches
+        # (``flush_access``), and ``_evict`` drops only as many entries as the limit needs.
+        self.cache = diskcache.Cache(str(directory / "objects"), disk=BodyDisk,
+                                     size_limit=size_limit, cull_limit=0, eviction_policy="none")
+        self.cache._sql("CREATE INDEX IF NOT EXISTS Cache_access_time ON Cache (access_time)")
+        self._touched: dict[str, float] = {}
+        self._hot: OrderedDict[str, Entry] = OrderedDict()  # recently read entries
+        self._vary: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+
+    def _clean_partials(self) -> int:
+        count = 0
+        for path in self.partial_dir.iterdir():
+            path.unlink(missing_ok=True)
+            count += 1
+        return count
+
+    def close(self) -> None:
+        self.flush_access()
+        self.cache.close()
+
+    def new_partial(self) -> str:
+        """A fresh path in ``partial/`` for a download (same filesystem as the store)."""
+        return str(self.partial_dir / f"{uuid.uuid4().hex}.partial")
+
+    def get(self, key: str) -> Entry | None:
+        entry = self._hot.get(key)
+        if entry is None:
+            found = self.cache.get(key)
+            if not isinstance(found, tuple):
+                return None
+            raw, path = found
+            entry = Entry(key, Meta.from_json(raw), path)
+            self._hot[key] = entry
+            if len(self._hot) > HOT_ENTRIES:
+                self._hot.popitem(last=False)
+        else:
+            self._hot.move_to_end(key)
+        self._touched[key] = self.clock()
+        return entry
+
+    def flush_access(self) -> None:
+        """Write the access times of the entries read since the last call."""
+        if not self._touched:
+            return
+        rows, self._touched = list(self._touched.items()), {}
+        try:
+            with self.cache.transact():
+                for key, when in rows:
+                    self.cache._sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1",
+                                    (when, key))
+        except (sqlite3.OperationalError, OSError) as e:
+            # A full disk: only the LRU order suffers, and an exception here would stop
+            # the timer that calls us for the rest of the process's life.
+            log.error("cannot record access times: {error}", error=e)
+
+    def commit(self, key: str, meta: Meta, partial: str) -> None:
+        """Make ``partial`` (a verified, complete body) the stored object of ``key``."""
+        self._hot.pop(key, None)
+        self.cache.set(key, _Commit(meta, partial))
+        self._evict()
+
+    def _evict(self) -> None:
+        if self.cache.volume() <= self.size_limit:
+            return
+        self.flush_access()
+        while self.cache.volume() > self.size_limit:
+            row = self.cache._sql("SELECT key FROM Cache ORDER BY access_time LIMIT 1").fetchone()
+            if row is None:
+                return
+            self.delete(row[0])
+
+    def refresh(self, entry: Entry, meta: Meta) -> Entry | None:
+        """Store new metadata for an unchanged body (after a 304), without copying it.
+
+        The body is hard-linked to a new partial name and committed like a download; the
+        old row's file name is then removed by diskcache.  None if the body was evicted.
+        """
+        partial = self.new_partial()
+        try:
+            os.link(entry.path, partial)
+        except FileNotFoundError:
+            return None
+        self.commit(entry.key, meta, partial)
+        return self.get(entry.key)
+
+    def delete(self, key: str) -> bool:
+        self._hot.pop(key, None)
+        return bool(self.cache.delete(key))
+
+    def vary(self, base: str) -> tuple[str, ...]:
+        """The header names the object at ``base`` was last seen to vary on (memoised:
+        it is asked on every request, and changes only when a response says so)."""
+        names = self._vary.get(base)
+        if names is None:
+            value = self.cache.get(_VARY_PREFIX + base)
+            names = tuple(value.split(",")) if value else ()
+            self._remember_vary(base, names)
+        return names
+
+    def _remember_vary(self, base: str, names: tuple[str, ...]) -> None:
+        self._vary[base] = names
+        self._vary.move_to_end(base)
+        if len(self._vary) > VARY_MEMO_SIZE:
+            self._vary.popitem(last=False)
+
+    def set_vary(self, base: str, names: tuple[str, ...]) -> None:
+        if names != self.vary(base):
+            self.cache.set(_VARY_PREFIX + base, ",".join(names))
+            self._remember_vary(base, names)
+
+    def suite_changed_at(self, suite: str) -> float:
+        """When the apt suite's ``InRelease``/``Release`` last changed (0: never seen)."""
+        return float(self.cache.get(_SUITE_PREFIX + suite, 0.0))
+
+    def set_suite_changed(self, suite: str, when: float) -> None:
+        self.cache.set(_SUITE_PREFIX + suite, when)
+
+    def entries(self) -> Iterator[Entry]:
+        """Every stored object (not the steering records), in no particular order; reading
+        them does not count as a use."""
+        rows = self.cache._sql("SELECT key, filename, value FROM Cache WHERE mode = ?",
+                               (MODE_OBJECT,)).fetchall()
+        for key, filename, value in rows:
+            yield Entry(key, Meta.from_json(bytes(value)),
+                        os.path.join(self.cache.directory, filename))
+
+    def volume(self) -> int:
+        return self.cache.volume()

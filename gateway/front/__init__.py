@@ -1,0 +1,1 @@
+"""How clients reach the engine: the HTTP handler and its fast path, HTTPS passthrough, the explicit proxy, tunnels."""

@@ -1,0 +1,149 @@
+"""The HTML status page at the admin API's ``/``: rendered from the ``/api/stats`` document.
+
+Server-side HTML with no script, so every figure is in the document as served (and
+``chromium --dump-dom`` shows it).  Every value that came from a client (paths, hosts) is
+escaped.  The page reloads itself every ``REFRESH`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from html import escape
+from typing import Any
+
+from gateway.ops.humanize import human_bytes, human_duration, percent
+
+REFRESH = 10
+DAEMON_JSON = "/etc/docker/daemon.json"
+
+_STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 70em;
+       padding: 0 1em; color: #1d2530; background: #fbfbfd; }
+h1 { font-size: 1.6em; margin-bottom: .1em; } h2 { font-size: 1.15em; margin-top: 1.8em; }
+.sub { color: #5a6472; margin-top: 0; }
+.cards { display: flex; flex-wrap: wrap; gap: 1em; }
+.card { background: #fff; border: 1px solid #dde2ea; border-radius: 8px; padding: .8em 1.2em;
+        min-width: 11em; }
+.card .figure { font-size: 1.7em; font-weight: 600; color: #0b6e4f; }
+.card .label { color: #5a6472; font-size: .9em; }
+table { border-collapse: collapse; width: 100%; background: #fff; }
+th, td { text-align: left; padding: .3em .6em; border-bottom: 1px solid #e6e9ef; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.url { font-family: ui-monospace, monospace; font-size: .85em; word-break: break-all; }
+.bar { background: #e6e9ef; border-radius: 4px; height: .6em; width: 8em; }
+.bar span { display: block; background: #0b6e4f; height: 100%; border-radius: 4px; }
+pre { background: #1d2530; color: #e8edf3; padding: .8em 1em; border-radius: 6px;
+      overflow-x: auto; }
+.HIT, .REVALIDATED { color: #0b6e4f; } .MISS { color: #9a5b00; }
+.ERROR { color: #b3261e; } .STALE { color: #6b4fa0; }
+"""
+
+
+def render_status(doc: dict[str, Any], now: float | None = None) -> bytes:
+    """The page for the ``/api/stats`` document ``doc``."""
+    now = time.time() if now is None else now
+    parts = [
+        "<!doctype html>\n<html lang=en><head><meta charset=utf-8>",
+        f'<meta http-equiv="refresh" content="{REFRESH}">',
+        "<title>cachegate status</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>cachegate</h1>",
+        f'<p class=sub>up <span id=uptime>{human_duration(doc["uptime"])}</span> · '
+        f'listening on {escape(", ".join(doc["addresses"]))}</p>',
+        _summary(doc),
+        _ecosystems(doc),
+        _recent(doc["recent"], now),
+        _setup(doc),
+        "</body></html>\n",
+    ]
+    return "\n".join(parts).encode()
+
+
+def _card(ident: str, figure: str, label: str) -> str:
+    return (f'<div class=card><div class=figure id="{ident}">{escape(figure)}</div>'
+            f'<div class=label>{escape(label)}</div></div>')
+
+
+def _summary(doc: dict[str, Any]) -> str:
+    total, cache = doc["gateway"]["total"], doc["cache"]
+    requests = sum(total["requests"].values())
+    limit = cache["limit"]
+    return "<div class=cards>" + "".join([
+        _card("hit-ratio", percent(total["hit_ratio"]), f"hit ratio of {requests} requests"),
+        _card("bytes-saved", human_bytes(total["bytes_from_cache"]),
+              "served from the cache (not fetched again)"),
+        _card("bytes-upstream", human_bytes(total["bytes_from_upstream"]),
+              "fetched from upstreams"),
+        _card("cache-size", human_bytes(cache["bytes"]),
+              f'{cache["objects"]} objects stored, {percent(cache["bytes"] / limit)} '
+              f"of {human_bytes(limit)}"),
+    ]) + "</div>"
+
+
+def _ecosystems(doc: dict[str, Any]) -> str:
+    served = doc["gateway"]["ecosystems"]
+    stored = doc["cache"]["ecosystems"]
+    rows = []
+    for name in sorted(set(served) | set(stored)):
+        tally = served.get(name, {"requests": {}, "hit_ratio": 0.0, "bytes_from_cache": 0,
+                                  "bytes_from_upstream": 0})
+        kept = stored.get(name, {"objects": 0, "bytes": 0})
+        ratio = tally["hit_ratio"]
+        rows.append(
+            f'<tr data-ecosystem="{escape(name)}"><td>{escape(name)}</td>'
+            f'<td class=num>{sum(tally["requests"].values())}</td>'
+            f'<td class=num data-field=hit-ratio>{percent(ratio)}</td>'
+            f'<td><div class=bar><span style="width:{ratio * 100:.0f}%"></span></div></td>'
+            f'<td class=num data-field=bytes-saved>{human_bytes(tally["bytes_from_cache"])}</td>'
+            f'<td class=num>{human_bytes(tally["bytes_from_upstream"])}</td>'
+            f'<td class=num>{kept["objects"]}</td>'
+            f'<td class=num>{human_bytes(kept["bytes"])}</td></tr>')
+    if not rows:
+        rows.append("<tr><td colspan=8>nothing served or stored yet</td></tr>")
+    return ("<h2>By ecosystem</h2><table id=ecosystems><tr><th>ecosystem</th>"
+            "<th class=num>requests</th><th class=num>hit ratio</th><th></th>"
+            "<th class=num>bytes saved</th><th class=num>from upstream</th>"
+            "<th class=num>objects</th><th class=num>stored</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _recent(lines: list[dict[str, Any]], now: float) -> str:
+    rows = []
+    for line in lines:
+        ago = human_duration(max(0.0, now - (line.get("time") or now)))
+        label = escape(str(line["label"]))
+        rows.append(
+            f"<tr><td>{ago} ago</td><td>{escape(str(line['client']))}</td>"
+            f"<td>{escape(str(line['method']))}</td>"
+            f"<td class=url>{escape(str(line['url']))}</td>"
+            f"<td class=num>{escape(str(line['status']))}</td>"
+            f'<td class="{label}">{label}</td>'
+            f"<td class=num>{human_bytes(int(line.get('sent') or 0))}</td>"
+            f"<td class=num>{escape(str(line['ms']))} ms</td></tr>")
+    if not rows:
+        rows.append("<tr><td colspan=8>no requests yet</td></tr>")
+    return ("<h2>Recent requests</h2><table id=recent><tr><th>when</th><th>client</th>"
+            "<th>method</th><th>url</th><th class=num>status</th><th>cache</th>"
+            "<th class=num>size</th><th class=num>time</th></tr>" + "".join(rows) + "</table>")
+
+
+def docker_lines(address: str) -> tuple[str, str]:
+    """The two things to do to point Docker at the gateway."""
+    return (f'{DAEMON_JSON}: {json.dumps({"dns": [address]})}',
+            "sudo systemctl restart docker")
+
+
+def _setup(doc: dict[str, Any]) -> str:
+    address = doc["docker_dns"]
+    first, second = docker_lines(address)
+    local = doc["local_names"][0] if doc["local_names"] else address
+    return (
+        "<h2>Use it</h2>"
+        "<p>Point the Docker daemon's DNS at the gateway (add the key to the file, keeping "
+        "the others; <code>scripts/start.sh</code> does both and keeps a backup):</p>"
+        f"<pre id=docker-lines>{escape(first, quote=False)}\n"
+        f"{escape(second, quote=False)}</pre>"
+        "<p>Images trust the gateway's CA for the HTTPS repositories: "
+        '<a id=ca-link href="/ca.crt" download="cachegate-ca.crt">download the CA '
+        f"certificate</a> (containers: <code>http://{escape(local)}/ca.crt</code>).</p>")
