@@ -61,12 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cachegate",
         description="Transparent caching gateway for package repositories on build hosts.",
         epilog="Exit codes: 0 ok, 1 error (or a failed doctor check), 2 usage.")
-    parser.add_argument("--config", type=Path, default=None,
-                        help=f"configuration file (default: {DEFAULT_CONFIG_PATH} if present)")
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="state directory, instead of server.state_dir")
-    parser.add_argument("--debug", action="store_true",
-                        help="debug logging, and tracebacks on errors")
+    _add_global_options(parser, None, False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     trust.add_parser(commands)
     commands.add_parser("serve", help="run the gateway in the foreground",
@@ -96,7 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a name outside the catalogue to resolve (default example.com)")
     doctor.add_argument("--timeout", type=_positive, default=3.0, metavar="S",
                         help="per network check (default 3)")
+    _globals_after_commands(parser)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: Any, debug: Any) -> None:
+    parser.add_argument("--config", type=Path, default=default,
+                        help=f"configuration file (default: {DEFAULT_CONFIG_PATH} if present)")
+    parser.add_argument("--state-dir", type=Path, default=default,
+                        help="state directory, instead of server.state_dir")
+    parser.add_argument("--debug", action="store_true", default=debug,
+                        help="debug logging, and tracebacks on errors")
+
+
+def _globals_after_commands(parser: argparse.ArgumentParser) -> None:
+    """Let ``--config``, ``--state-dir`` and ``--debug`` follow any (sub)command too
+    (``cachegate serve --config FILE``).  Their defaults there are suppressed, so a value
+    given before the command is kept."""
+    for action in parser._actions:  # argparse has no public walk over its subcommands
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_global_options(sub, argparse.SUPPRESS, argparse.SUPPRESS)
+                _globals_after_commands(sub)
 
 
 def _ca_parser(commands: Any) -> None:

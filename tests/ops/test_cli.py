@@ -45,6 +45,32 @@ def test_bad_usage_exits_2(argv, capsys):
     assert "usage: cachegate" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    ["--config", "{c}", "--state-dir", "{s}", "cache", "ls", "--json"],
+    ["cache", "ls", "--json", "--config", "{c}", "--state-dir", "{s}"],
+    ["cache", "--config", "{c}", "ls", "--state-dir", "{s}", "--json"],
+    ["--config", "{c}", "cache", "ls", "--json", "--state-dir", "{s}"],
+], ids=["before", "after", "between", "split"])
+def test_global_options_work_before_or_after_the_command(argv, tmp_path, capsys):
+    """``cachegate cache ls --config FILE --state-dir D`` reads FILE and looks in D,
+    wherever the options stand (the form ``cachegate serve --config FILE`` was refused)."""
+    state = tmp_path / "elsewhere"
+    config = tmp_path / "c.toml"
+    config.write_text(f'[server]\nstate_dir = "{tmp_path / "unused"}"\n'
+                      f'admin = "127.0.0.1:{free_port()}"\n')
+    argv = [a.format(c=config, s=state) for a in argv]
+    assert main(argv) == 1
+    assert capsys.readouterr().err == f"cachegate: error: no cache in {state}: the gateway " \
+        "has not run with this state directory (see --state-dir)\n"
+
+
+def test_a_bad_config_after_the_command_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nhttp_port = 'x'\n")
+    assert main(["serve", "--config", str(bad)]) == 1
+    assert capsys.readouterr().err.startswith(f"cachegate: error: {bad}: server.http_port:")
+
+
 def write_config(tmp_path: Path, gw: RunningGateway | None = None, **server: object) -> Path:
     """A config file naming the test gateway's state directory and admin port."""
     state = tmp_path / "state"
