@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import IService
 from twisted.logger import Logger
 
-from dns.access import AccessPolicy
+from dns.access import AccessPolicy, host_owns
 from dns.answers import RedirectTarget
 from dns.cache import AnswerCache
 from dns.forwarder import DEFAULT_TIMEOUT, Forwarder
@@ -26,7 +26,8 @@ RESOLV_CONF = Path("/etc/resolv.conf")
 
 
 def dns_services(config: Config, reactor: Any, addresses: list[str], advertise_ipv4: str,
-                 resolv_conf: Path = RESOLV_CONF, timeout: float = DEFAULT_TIMEOUT
+                 resolv_conf: Path = RESOLV_CONF, timeout: float = DEFAULT_TIMEOUT,
+                 owns: Callable[[str], bool] = host_owns
                  ) -> tuple[list[IService], Forwarder, DnsStats]:
     """The DNS half of the process.
 
@@ -44,7 +45,8 @@ def dns_services(config: Config, reactor: Any, addresses: list[str], advertise_i
     - the ``DnsStats`` counters, for the admin API.
 
     Forwarders are ``config.dns.forwarders``, "system" read from ``resolv_conf``, minus
-    ``addresses`` on our port.  Nothing is bound until the services start.
+    ``addresses`` on our port.  Queries from ``dns.allow`` and from addresses this host
+    ``owns`` are answered, others REFUSED.  Nothing is bound until the services start.
     """
     dns = config.dns
     system = _read(resolv_conf) if "system" in dns.forwarders else ""
@@ -55,7 +57,7 @@ def dns_services(config: Config, reactor: Any, addresses: list[str], advertise_i
     forwarder = Forwarder(reactor, servers, cache, timeout)
     stats = DnsStats()
     rules = RedirectRules.from_catalogue(config.upstreams, dns.local_names)
-    access = AccessPolicy(dns.allow)
+    access = AccessPolicy(dns.allow, owns, reactor.seconds)
     listeners: list[IService] = []
     for address in addresses:
         ipv4 = _advertised(dns.advertise_ipv4, address, advertise_ipv4)

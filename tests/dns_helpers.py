@@ -6,13 +6,14 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from dnslib import EDNS0, QTYPE, RCODE, RR, DNSHeader, DNSRecord
 from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.protocols.basic import Int16StringReceiver
 
+from dns.access import host_owns
 from dns.service import dns_services
 from gateway.config import Config, DnsConfig
 from tests.clients import need
@@ -200,9 +201,11 @@ class RunningResolver:
     ``forwarder``; ``stop()`` when done."""
 
     def __init__(self, reactor: Any, config: Config, timeout: float = 0.3,
-                 resolv_conf: Path = Path("/nonexistent"), host: str = "127.0.0.1") -> None:
+                 resolv_conf: Path = Path("/nonexistent"), host: str = "127.0.0.1",
+                 owns: Callable[[str], bool] = host_owns) -> None:
         self.services, self.forwarder, self.stats = dns_services(
-            config, reactor, [host], ADVERTISED, resolv_conf=resolv_conf, timeout=timeout)
+            config, reactor, [host], ADVERTISED, resolv_conf=resolv_conf, timeout=timeout,
+            owns=owns)
         for s in self.services:
             s.startService()
         self.port = self.services[0].port  # type: ignore[attr-defined]
