@@ -17,7 +17,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import diskcache
 from twisted.logger import Logger
@@ -64,6 +64,43 @@ class Meta:
         data["headers"] = [tuple(h) for h in data["headers"]]
         data["freshness"] = Freshness(**data["freshness"])
         return cls(**data)
+
+
+class PinRefused(Exception):
+    """A pin set that would not fit in the cache: refused, never evicted silently."""
+
+    def __init__(self, pinned: int, limit: int) -> None:
+        super().__init__(f"pinned objects would take {pinned} bytes, more than the cache's "
+                         f"size_limit of {limit}: pin fewer or raise cache.size_limit")
+        self.pinned, self.limit = pinned, limit
+
+
+# The content index is an SQLite expression index over the sha256 in each object's row:
+# always in step with the rows (eviction, clears and replacements need no bookkeeping).
+_SHA256_OF_ROW = "json_extract(CAST(value AS TEXT), '$.sha256')"
+# Small records beside the objects, in the same database (one transaction, one file).
+_SIDE_TABLES = (
+    # What an index (or a lockfile) says a path's body hashes to.
+    "CREATE TABLE IF NOT EXISTS Expected (upstream TEXT NOT NULL, path TEXT NOT NULL,"
+    " algorithm TEXT NOT NULL, hex TEXT NOT NULL, source TEXT NOT NULL,"
+    " PRIMARY KEY (upstream, path))",
+    # The sha256 an immutable URL had when first stored: a tombstone eviction keeps.
+    "CREATE TABLE IF NOT EXISTS Seen (url TEXT PRIMARY KEY, sha256 TEXT NOT NULL,"
+    " first REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS Pin (name TEXT NOT NULL, key TEXT NOT NULL,"
+    " PRIMARY KEY (name, key))",
+    "CREATE INDEX IF NOT EXISTS Pin_key ON Pin (key)",
+)
+
+
+def _content_index(cache: diskcache.Cache) -> bool:
+    """Create the sha256 index; False when this SQLite has no JSON functions."""
+    try:
+        cache._sql(f"CREATE INDEX IF NOT EXISTS Cache_sha256 ON Cache ({_SHA256_OF_ROW})"
+                   f" WHERE mode = {MODE_OBJECT}")
+    except sqlite3.OperationalError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -123,6 +160,9 @@ class Store:
         self.cache = diskcache.Cache(str(directory / "objects"), disk=BodyDisk,
                                      size_limit=size_limit, cull_limit=0, eviction_policy="none")
         self.cache._sql("CREATE INDEX IF NOT EXISTS Cache_access_time ON Cache (access_time)")
+        self.by_digest = _content_index(self.cache)
+        for statement in _SIDE_TABLES:
+            self.cache._sql(statement)
         self._touched: dict[str, float] = {}
         self._hot: OrderedDict[str, Entry] = OrderedDict()  # recently read entries
         self._vary: OrderedDict[str, tuple[str, ...]] = OrderedDict()
@@ -180,11 +220,15 @@ class Store:
         self._evict()
 
     def _evict(self) -> None:
+        """Least recently used first, pinned objects never (``pin`` refuses a set of pins
+        larger than the limit, so the unpinned ones always suffice)."""
         if self.cache.volume() <= self.size_limit:
             return
         self.flush_access()
         while self.cache.volume() > self.size_limit:
-            row = self.cache._sql("SELECT key FROM Cache ORDER BY access_time LIMIT 1").fetchone()
+            row = self.cache._sql(
+                "SELECT key FROM Cache WHERE key NOT IN (SELECT key FROM Pin)"
+                " ORDER BY access_time LIMIT 1").fetchone()
             if row is None:
                 return
             self.delete(row[0])
@@ -234,6 +278,79 @@ class Store:
 
     def set_suite_changed(self, suite: str, when: float) -> None:
         self.cache.set(_SUITE_PREFIX + suite, when)
+
+    # -- the content index: stored objects by the sha256 of their body --------------------
+
+    def find_sha256(self, hex_digest: str) -> list[Entry]:
+        """Every stored object whose body has this sha256 (one SQL index lookup)."""
+        hex_digest = hex_digest.lower()
+        if not self.by_digest:  # an SQLite without JSON functions: a scan
+            return [e for e in self.entries() if e.meta.sha256 == hex_digest]
+        rows = self.cache._sql(
+            f"SELECT key, filename, value FROM Cache WHERE mode = {MODE_OBJECT}"
+            f" AND {_SHA256_OF_ROW} = ?", (hex_digest,)).fetchall()
+        return [Entry(key, Meta.from_json(bytes(value)), os.path.join(self.cache.directory, name))
+                for key, name, value in rows]
+
+    # -- expected digests: what indexes and lockfiles say a body must hash to -------------
+
+    def expect(self, upstream: str, rows: Iterable[tuple[str, str, str, str]]) -> int:
+        """Record ``(path, algorithm, digest, source)`` rows for ``upstream``'s paths (a
+        newer index replaces what an older one said).  Callable from a thread."""
+        rows = [(upstream, path, algorithm, value, source)
+                for path, algorithm, value, source in rows]
+        with self.cache.transact():
+            for row in rows:
+                self.cache._sql("INSERT OR REPLACE INTO Expected VALUES (?, ?, ?, ?, ?)", row)
+        return len(rows)
+
+    def expected(self, upstream: str, path: str) -> tuple[str, str, str] | None:
+        """(algorithm, digest, source) recorded for ``path``, or None."""
+        row = self.cache._sql("SELECT algorithm, hex, source FROM Expected"
+                              " WHERE upstream = ? AND path = ?", (upstream, path)).fetchone()
+        return tuple(row) if row else None  # type: ignore[return-value]
+
+    # -- what immutable URLs held when first stored (outlives eviction: drift) ------------
+
+    def first_seen(self, url: str) -> tuple[str, float] | None:
+        row = self.cache._sql("SELECT sha256, first FROM Seen WHERE url = ?", (url,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def set_seen(self, url: str, sha256: str, when: float) -> None:
+        self.cache._sql("INSERT OR REPLACE INTO Seen VALUES (?, ?, ?)", (url, sha256, when))
+
+    # -- pins: named sets of keys kept out of eviction ------------------------------------
+
+    def pin(self, name: str, keys: Iterable[str]) -> dict[str, int]:
+        """Add ``keys`` to pin set ``name``; ``PinRefused`` (and nothing added) when all
+        pinned bytes would exceed the size limit."""
+        keys = list(keys)
+        with self.cache.transact():
+            for key in keys:
+                self.cache._sql("INSERT OR IGNORE INTO Pin VALUES (?, ?)", (name, key))
+            pinned = self.pinned_bytes()
+            if pinned > self.size_limit:
+                self.cache._sql("DELETE FROM Pin WHERE name = ? AND key IN (%s)"
+                                % ",".join("?" * len(keys)), (name, *keys))
+                raise PinRefused(pinned, self.size_limit)
+        return {"keys": len(keys), "pinned_bytes": pinned}
+
+    def unpin(self, name: str) -> int:
+        with self.cache.transact():
+            return self.cache._sql("DELETE FROM Pin WHERE name = ?", (name,)).rowcount
+
+    def pins(self) -> dict[str, dict[str, int]]:
+        """Per pin set: keys named, objects stored, their bytes."""
+        rows = self.cache._sql(
+            "SELECT Pin.name, COUNT(*), COUNT(Cache.key), COALESCE(SUM(Cache.size), 0)"
+            " FROM Pin LEFT JOIN Cache ON Cache.key = Pin.key GROUP BY Pin.name").fetchall()
+        return {name: {"keys": keys, "stored": stored, "bytes": size}
+                for name, keys, stored, size in rows}
+
+    def pinned_bytes(self) -> int:
+        row = self.cache._sql("SELECT COALESCE(SUM(size), 0) FROM Cache WHERE key IN"
+                              " (SELECT key FROM Pin)").fetchone()
+        return int(row[0])
 
     def entries(self) -> Iterator[Entry]:
         """Every stored object (not the steering records), in no particular order; reading
