@@ -12,10 +12,13 @@ error() { echo "error: $*" >&2; exit 1; }
 # (systemd-analyze verify on the unit), ip for the end-to-end tests' network namespaces,
 # debootstrap for the trust tests' Debian image, busybox for trust-ca.sh as on Alpine,
 # a C toolchain with static OpenSSL and zlib to build Alpine's apk (scripts/build-apk.sh),
-# Docker (docker.io, containerd, runc) for the session's private dockerd (tests/docker_daemon.py).
+# Docker (docker.io, containerd, runc) for the session's private dockerd (tests/docker_daemon.py),
+# Go, Debian's cargo (cargo-web: /usr/bin/cargo, sparse index by default), gem and bundler
+# (tests/ecosystems/test_lang_clients.py; gem also builds the RubyGems fixtures).
 DEBS=(bind9-dnsutils curl openssl apt dpkg gpg maven libmaven-dependency-plugin-java junit4
       shellcheck chromium systemd iproute2 debootstrap busybox-static
-      build-essential libssl-dev zlib1g-dev pkg-config docker.io containerd runc)
+      build-essential libssl-dev zlib1g-dev pkg-config docker.io containerd runc
+      golang-go cargo-web ruby ruby-bundler)
 missing=()
 for deb in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "ok installed" || missing+=("$deb")

@@ -9,6 +9,8 @@ real upstream lays them out, so a gateway entry whose ``origin`` is
     pypi.org/simple/x/, files.pythonhosted.org/packages/..  ->  root/pypi/simple/x/, root/pypi/packages/..
     registry.npmjs.org/@scope%2fname                ->  root/npm/@scope/name/  (a packument)
     repo1.maven.org/maven2/org/...                  ->  root/maven/maven2/org/...
+    proxy.golang.org, index/static.crates.io, rubygems.org  ->  root/go, root/crates, root/rubygems
+                                                       (tests/lang_fixtures.py)
 
 Everything is what the real clients accept: a signed apt repository (``apt-get``), PEP
 503/691 indexes with wheels stored under their blake2b-256 (``pip``), packuments and
@@ -43,6 +45,11 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+try:
+    from tests import lang_fixtures
+except ImportError:  # tests/ itself on the path (python tests/origin.py)
+    import lang_fixtures  # type: ignore[no-redef]
 
 # The real hosts each part of the tree stands for (the ``Host`` a client sends).
 DEBIAN_HOST = "deb.debian.org"
@@ -711,6 +718,9 @@ def build_fixtures(root: Path, files_base: str = "http://files.pythonhosted.org"
     _build_pypi(tree, files_base.rstrip("/"))
     _build_npm(tree, npm_base.rstrip("/"))
     _build_maven(tree)
+    lang_fixtures.build_go(tree)
+    lang_fixtures.build_crates(tree)
+    lang_fixtures.build_rubygems(tree)
     return Fixtures(root, files_base, npm_base, tree.objects, apt_keyring(root))
 
 

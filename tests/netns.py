@@ -209,7 +209,7 @@ def die_with_parent() -> None:
 
 # --- cachegate on the host side ---------------------------------------------------------
 
-UPSTREAMS = ("debian", "ubuntu", "alpine", "pypi", "npm", "maven")
+UPSTREAMS = ("debian", "ubuntu", "alpine", "pypi", "npm", "maven", "go", "crates", "rubygems")
 # What ``short_ttl=`` turns into one-second revalidation: each ecosystem's indexes, so a
 # test can make them stale and see stale-if-error serve them during an outage.
 INDEX_PATTERNS = {

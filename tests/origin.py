@@ -70,12 +70,20 @@ CONTENT_TYPES: tuple[tuple[str, str], ...] = (  # by name suffix, first match wi
     (".xml", "text/xml"),
     (".sha1", "text/plain"),
     (".md5", "text/plain"),
+    (".info", "application/json"),
+    (".mod", "text/plain; charset=utf-8"),
+    (".zip", "application/zip"),
+    (".crate", "application/gzip"),
+    ("/download", "application/gzip"),
+    (".gem", "application/octet-stream"),
+    ("/versions", "text/plain; charset=utf-8"),
     ("/json", "application/json"),
     ("/Release", "text/plain"),
     ("/InRelease", "text/plain"),
     ("/Packages", "text/plain"),
 )
 CONTROL = "/__origin__/"
+MD5_ETAGS = ("/rubygems/versions", "/rubygems/info/", "/rubygems/names")  # see md5_etag
 # Absolute-form requests (``GET http://host/path``, as sent to an HTTP proxy) for these
 # real hosts are answered from ``/<ecosystem>/path``: the origin then stands in for the
 # internet behind a proxy, which is how the client recipes' ``proxy=`` variants are
@@ -83,7 +91,8 @@ CONTROL = "/__origin__/"
 PROXY_HOSTS = {
     "deb.debian.org": "debian", "dl-cdn.alpinelinux.org": "alpine", "pypi.org": "pypi",
     "files.pythonhosted.org": "pypi", "registry.npmjs.org": "npm", "repo1.maven.org": "maven",
-    "repo.maven.apache.org": "maven",
+    "repo.maven.apache.org": "maven", "proxy.golang.org": "go", "index.crates.io": "crates",
+    "static.crates.io": "crates", "rubygems.org": "rubygems", "index.rubygems.org": "rubygems",
 }
 _CHUNK = 256 * 1024  # per write when unthrottled
 _TICK = 0.05  # seconds between writes when throttled
@@ -331,7 +340,7 @@ class Origin:
             return 404
         target = self.root.joinpath(*parts)
         if target.is_file():
-            return self._file(target, content_type_of(path))
+            return self._file(target, content_type_of(path), md5_etag(path))
         if not target.is_dir():
             return 404
         available = [(n, t) for n, t in VARIANTS if (target / n).is_file()]
@@ -346,12 +355,20 @@ class Origin:
             rep = _maybe_gzip(rep, headers.get("accept-encoding"))
         return rep
 
-    def _file(self, file: Path, content_type: str) -> Representation:
+    def _file(self, file: Path, content_type: str, md5: bool = False) -> Representation:
         st = file.stat()
         key = (str(file), st.st_size, st.st_mtime_ns)
         if key not in self._etags:
-            self._etags[key] = '"%s"' % _file_sha256(file)[:32]
+            digest = hashlib.md5(file.read_bytes()).hexdigest() if md5 else _file_sha256(file)
+            self._etags[key] = '"%s"' % digest[:32]
         return Representation(st.st_size, self._etags[key], st.st_mtime, content_type, file=file)
+
+
+def md5_etag(path: str) -> bool:
+    """Whether ``path``'s ETag is its body's MD5, as rubygems.org's compact index files
+    have it: Bundler checks a download against it and falls back to the full index on a
+    mismatch."""
+    return path.startswith(MD5_ETAGS)
 
 
 def _file_sha256(file: Path) -> str:
