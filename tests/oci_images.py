@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -184,6 +185,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_ACCESS = re.compile(r'^\S+ - \S+ \[[^]]+\] "([A-Z]+) (\S+) HTTP/[0-9.]+"', re.M)
+
+
 class Registry:
     """Debian's ``docker-registry`` (distribution 2.8) on a free loopback port, filesystem
     storage under ``root``; ``proxy`` makes it a pull-through cache of that URL (the
@@ -194,7 +198,7 @@ class Registry:
         self.port = free_port()
         root.mkdir(parents=True, exist_ok=True)
         self.config = root / "config.yml"
-        lines = ["version: 0.1", "log:", "  level: error", "  accesslog:", "    disabled: true",
+        lines = ["version: 0.1", "log:", "  level: error", "  accesslog:", "    disabled: false",
                  "storage:", "  filesystem:", f"    rootdirectory: {root / 'data'}",
                  "  delete:", "    enabled: true", "http:", f"  addr: 127.0.0.1:{self.port}"]
         if proxy:
@@ -234,6 +238,18 @@ class Registry:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         self.proc = None
+
+    def requests(self) -> list[tuple[str, str]]:
+        """Every request so far as (method, path), from its access log."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return []
+        return _ACCESS.findall(text)
+
+    def count(self, method: str | None = None, part: str = "") -> int:
+        return sum(1 for m, path in self.requests()
+                   if (method is None or m == method) and part in path)
 
     def blob_path(self, digest: str) -> Path:
         hex_ = digest.split(":")[1]

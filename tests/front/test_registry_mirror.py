@@ -6,44 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from gateway.cache.fetcher import Fetcher
-from gateway.cache.store import Store
-from gateway.ecosystems.images import REGISTRIES, object_key
-from gateway.front.registry import MirrorResource, MirrorSite, RegistryClient, RegistryMirror
-from tests.http_client import fetch
-from tests.oci_images import ACCEPT_ALL, Layout
+from gateway.ecosystems.images import object_key
+from tests.oci_images import Layout
+from tests.registry_gateways import Mirror
 from tests.registry_origin import RegistryOrigin
-
-
-class Mirror:
-    """A mirror on a loopback port with Docker Hub and ghcr pointed at ``origin_url``."""
-
-    def __init__(self, tmp_path, origin_url: str, **options) -> None:  # type: ignore[no-untyped-def]
-        registries = tuple(replace(r, origin=origin_url) if r.name in ("dockerhub", "ghcr")
-                           else r for r in REGISTRIES)
-        self.store = Store(tmp_path / "cache", 2**30, reactor.seconds)
-        self.fetcher = Fetcher(reactor, connect_timeout=2, idle_timeout=5)
-        self.client = RegistryClient(reactor, self.fetcher)
-        self.mirror = RegistryMirror(reactor, self.store, self.client, registries, **options)
-        self.port = reactor.listenTCP(0, MirrorSite(MirrorResource(self.mirror)),
-                                      interface="127.0.0.1")
-
-    def get(self, path: str, method: str = "GET", **headers: str):  # type: ignore[no-untyped-def]
-        return fetch(self.port.getHost().port, "127.0.0.1", path,
-                     {"accept": ACCEPT_ALL, **{k.replace("_", "-"): v for k, v in headers.items()}},
-                     method)
-
-    @defer.inlineCallbacks
-    def close(self):  # type: ignore[no-untyped-def]
-        yield self.port.stopListening()
-        yield self.fetcher.close()
-        self.store.close()
 
 
 @pytest.fixture
