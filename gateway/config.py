@@ -22,6 +22,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 from gateway.cache.rules import Policy, Rule, Upstream
 from gateway.ecosystems.catalogue import BUILTIN, DIGEST_SCHEMES
+from gateway.ecosystems.images import REGISTRIES, Registry
 
 DEFAULT_CONFIG_PATH = Path("/etc/cachegate/cachegate.toml")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -87,6 +88,18 @@ class TrustConfig:
 
 
 @dataclass(frozen=True)
+class ImagesConfig:
+    """The registry mirror (gateway/front/registry.py)."""
+
+    listen: tuple[str, int] | None = ("127.0.0.1", 5000)  # None: off
+    tag_ttl: int = 60  # seconds before a tag is revalidated with an upstream HEAD
+    # Registries are ``[upstreams.NAME]`` entries too (``registry = true`` for a new one),
+    # but kept apart from ``upstreams``: their names are not redirected by our DNS nor
+    # covered by our CA; clients reach them through the mirror endpoint.
+    registries: tuple[Registry, ...] = REGISTRIES
+
+
+@dataclass(frozen=True)
 class Config:
     source: str = "<defaults>"
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -95,6 +108,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     upstreams: tuple[Upstream, ...] = BUILTIN
+    images: ImagesConfig = field(default_factory=ImagesConfig)
 
 
 def load_config(path: Path | None) -> Config:
@@ -115,8 +129,9 @@ def load_config(path: Path | None) -> Config:
 def parse_config(data: dict[str, Any], source: str) -> Config:
     """Validate a parsed TOML document into a ``Config``."""
     _Reader(data, source, "").reject_unknown({"server", "dns", "cache", "tls", "trust",
-                                           "upstreams"})
+                                           "upstreams", "images"})
     section = lambda name: _Reader(_table(data, name, source), source, name)  # noqa: E731
+    upstreams, registries = _split_registries(_table(data, "upstreams", source), source)
     return Config(
         source=source,
         server=_server(section("server")),
@@ -124,7 +139,8 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         cache=_cache(section("cache")),
         tls=_tls(section("tls")),
         trust=_trust(section("trust")),
-        upstreams=_upstreams(_table(data, "upstreams", source), source),
+        upstreams=_upstreams(upstreams, source),
+        images=_images(section("images"), registries),
     )
 
 
@@ -257,6 +273,60 @@ def _trust(r: _Reader) -> TrustConfig:
     return TrustConfig(images=r.each("images", (), image_reference))
 
 
+def _images(r: _Reader, registries: tuple[Registry, ...]) -> ImagesConfig:
+    d = ImagesConfig()
+    r.reject_unknown({"listen", "tag_ttl"})
+    listen = r.get("listen", str, "%s:%d" % d.listen)  # type: ignore[str-format]
+    try:
+        address = parse_host_port(listen) if listen else None
+    except ValueError as e:
+        raise r.fail("listen", f"{listen!r}: {e} (or \"\" to turn the mirror off)") from None
+    tag_ttl = r.get("tag_ttl", int, d.tag_ttl)
+    if not 0 <= tag_ttl <= 86400:
+        raise r.fail("tag_ttl", f"must be between 0 and 86400 seconds, got {tag_ttl}")
+    return ImagesConfig(address, tag_ttl, registries)
+
+
+_REGISTRY_KEYS = {"hosts", "origin", "enabled", "registry", "credentials_file"}
+
+
+def _split_registries(tables: dict[str, Any], source: str
+                      ) -> tuple[dict[str, Any], tuple[Registry, ...]]:
+    """``[upstreams.NAME]`` tables for registries (a built-in registry's name, or
+    ``registry = true``) applied to the registry catalogue; the others returned."""
+    builtin = {r.name: r for r in REGISTRIES}
+    entries = dict(builtin)
+    others = {}
+    for name, value in tables.items():
+        if not isinstance(value, dict) or (name not in builtin and value.get("registry") is not True):
+            others[name] = value
+            continue
+        r = _Reader(value, source, f"upstreams.{name}")
+        r.reject_unknown(_REGISTRY_KEYS)
+        r.get("registry", bool, True)
+        if not r.get("enabled", bool, True):
+            entries.pop(name, None)
+            continue
+        if name not in builtin and "hosts" not in value:
+            raise r.fail("hosts", "required for an entry that is not built in")
+        base = entries.get(name) or Registry(name, ())
+        hosts = r.each("hosts", base.hosts, _host_pattern)
+        if not hosts:
+            raise r.fail("hosts", "must name at least one host")
+        entries[name] = replace(
+            base, hosts=hosts, origin=r.convert("origin", str, base.origin, _origin_url),
+            credentials_file=r.convert("credentials_file", str, base.credentials_file,
+                                       _credentials_file))
+    return others, tuple(entries.values())
+
+
+def _credentials_file(value: str) -> str:
+    """A path to a file holding ``user:password``; never the secret itself."""
+    if value and not os.path.isabs(os.path.expanduser(value)):
+        raise ValueError("expected an absolute path to a file holding user:password")
+    return os.path.expanduser(value)
+
+
 _UPSTREAM_KEYS = {"hosts", "origin", "scheme", "rules", "enabled"}
 _RULE_KEYS = {"path", "policy", "ttl", "digest"}
 
@@ -291,7 +361,7 @@ def apply_upstream_tables(base: tuple[Upstream, ...], tables: dict[str, Any],
 def _upstream(r: _Reader, name: str, base: Upstream | None) -> Upstream:
     if base is None and "hosts" not in r.table:
         raise r.fail("hosts", "required for an entry that is not built in")
-    base = base or Upstream(name, ())
+    base = base or Upstream(name, (), end_to_end_headers=True)
     hosts = r.each("hosts", base.hosts, _host_pattern)
     if not hosts:
         raise r.fail("hosts", "must name at least one host")
@@ -317,7 +387,7 @@ def _rule(parent: _Reader, index: int, value: Any) -> Rule:
     policy = r.convert("policy", str, "standard", Policy)
     ttl = r.convert("ttl", int, 600 if policy is Policy.REVALIDATE else 0, _non_negative)
     digest = r.convert("digest", str, "", lambda v: _choice(v, ("", *sorted(DIGEST_SCHEMES))))
-    return Rule(pattern, policy, ttl, digest)
+    return Rule(pattern, policy, ttl, digest, end_to_end_headers=True)
 
 
 # -- value converters: raise ValueError with a reason ------------------------------------
