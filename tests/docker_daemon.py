@@ -4,7 +4,7 @@ containers' DNS (``daemon.json`` ``dns``) on the bridge address, where the tests
 cachegate.  Nothing here touches a system dockerd, ``/etc/docker`` or ``/var/lib/docker``.
 
     bridge  cgd<pid>      10.203.N.1/24   <- cachegate listens here (DNS, :80, :443)
-    containers            10.203.N.x      resolv.conf: nameserver 10.203.N.1
+    containers            10.203.N.2-126  resolv.conf: nameserver 10.203.N.1
 
 The bridge is made here (``dockerd -b`` only creates ``docker0`` itself, and ``--bip``
 cannot be combined with ``-b``), under a lock, on a /24 no host interface uses.  With
@@ -139,6 +139,16 @@ class DockerDaemon:
     def subnet(self) -> str:
         return str(ipaddress.ip_interface(f"{self.address}/24").network)
 
+    @property
+    def container_cidr(self) -> str:
+        """Where containers get their addresses: the lower half of the /24, so the upper
+        half is free for the tests' own host addresses (``spare_address``)."""
+        return str(ipaddress.ip_interface(f"{self.address}/25").network)
+
+    def spare_address(self, index: int = 0) -> str:
+        """A bridge-subnet address no container is ever given (.254, .253, …)."""
+        return str(ipaddress.ip_address(self.address) + 253 - index)
+
     def default_settings(self) -> dict:
         """daemon.json as the session runs it: the containers' DNS is the bridge address."""
         return {"dns": [self.address]}
@@ -168,6 +178,7 @@ class DockerDaemon:
                 "--storage-driver=overlay2", "--data-root", str(self.data_root),
                 "--exec-root", str(self.run_dir / "exec"), "-H", self.host,
                 "--pidfile", str(self.pidfile), "--bridge", self.name,
+                "--fixed-cidr", self.container_cidr,
                 "--containerd-namespace", self.name,
                 "--containerd-plugins-namespace", f"{self.name}-plugins",
                 "--config-file", str(self.daemon_json)]
