@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,22 +32,42 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class VerificationError(Exception):
-    """The body does not match what the response or the URL promised."""
+    """The body does not match what the response or the URL promised; ``digest`` is the
+    promise it broke (None: the length)."""
+
+    def __init__(self, reason: str, digest: Digest | None = None) -> None:
+        super().__init__(reason)
+        self.digest = digest
+
+
+def _file_digest(digest: Digest, path: str) -> str:
+    """A digest of the whole body file (not a hash of its bytes: Go's ``h1:`` of a zip's
+    files), read once after the last byte; an unreadable body matches nothing."""
+    try:
+        return digest.of_file(path)  # type: ignore[misc]
+    except Exception as e:  # a malformed archive is a mismatch, not a crash
+        return f"unreadable: {e}"
 
 
 class Download:
     """An upstream body being written to ``path``; readers follow it with ``pread``."""
 
-    def __init__(self, path: str, length: int | None, expected: Digest | None = None) -> None:
+    def __init__(self, path: str, length: int | None,
+                 expected: Digest | Sequence[Digest] | None = None) -> None:
         self.path = path
         self.length = length  # from Content-Length, when the upstream sent one
-        self.expected = expected  # the digest the URL or an index promises
+        # The digests the URL, an index, a lockfile or the first copy promise.
+        self.checks: tuple[Digest, ...] = (expected,) if isinstance(expected, Digest) else \
+            tuple(expected or ())
+        self.expected = self.checks[0] if self.checks else None
         self.size = 0
         self.done = False
         self.error: Failure | None = None
         self.sha256 = hashlib.sha256()
-        # The promised digest's hasher, unless it is the sha256 every body gets anyway.
-        self._check = expected.hasher() if expected and expected.algorithm != "sha256" else None
+        # Each promised digest's hasher, but for the sha256 every body gets anyway and
+        # digests of the whole file (``Digest.of_file``), computed when the body ends.
+        self._hashers = [(d, d.hasher()) for d in self.checks
+                         if d.algorithm != "sha256" and d.of_file is None]
         self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._read_fd: int | None = os.open(path, os.O_RDONLY)
         self._watchers: list[Watcher] = []
@@ -95,8 +115,8 @@ class Download:
                 self._spill(bytes(view), e)
         self.size += len(data)
         self.sha256.update(data)
-        if self._check is not None:
-            self._check.update(data)
+        for _, hasher in self._hashers:
+            hasher.update(data)
         self._notify()
         if self.spilled:
             self._trim()
@@ -183,11 +203,22 @@ class Download:
     def _verify(self) -> None:
         if self.length is not None and self.size != self.length:
             raise VerificationError(f"got {self.size} bytes, Content-Length said {self.length}")
-        if self.expected is not None:
-            got = (self._check or self.sha256).hexdigest()
-            if got != self.expected.hex:
+        hashers = dict((id(d), h) for d, h in self._hashers)
+        for digest in self.checks:
+            if digest.of_file is not None:
+                got = _file_digest(digest, self.path)
+            else:
+                got = hashers.get(id(digest), self.sha256).hexdigest()
+            if got != digest.hex:
+                source = f" ({digest.source})" if digest.source else ""
                 raise VerificationError(
-                    f"{self.expected.algorithm} {got} != {self.expected.hex} expected")
+                    f"{digest.algorithm} {got} != {digest.hex} expected{source}", digest)
+
+    @property
+    def verified(self) -> list[str]:
+        """What a complete body was checked against: ``algorithm (source)`` each."""
+        return [f"{d.algorithm} ({d.source})" if d.source else d.algorithm
+                for d in self.checks]
 
     def on_finish(self, callback: Callable[["Download"], None]) -> None:
         """Run ``callback(self)`` when the body ends, before readers are told."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 from enum import Enum
 
 
@@ -49,6 +50,10 @@ class Digest:
 
     algorithm: str
     hex: str
+    source: str = ""  # who promised it: "" (the URL), an index's path, "lockfile", ...
+    # For a digest not of the bytes (Go's ``h1:`` of a zip's files): a function of the
+    # complete body file, run once after the last byte (``Download``).
+    of_file: Callable[[str], str] | None = field(default=None, compare=False)
 
     def hasher(self):  # type: ignore[no-untyped-def]
         if self.algorithm == "blake2b-256":
@@ -64,6 +69,25 @@ class Ecosystem:
 
     def expected_digest(self, rule: Rule, path: str) -> Digest | None:
         """The digest the body at ``path`` must have, when the URL itself says."""
+        return None
+
+    def publishes_digests(self, path: str) -> bool:
+        """Whether an immutable ``path`` is one this ecosystem's indexes give a digest for:
+        stored "unverified" when none was known."""
+        return False
+
+    def learns_from(self, path: str) -> bool:
+        """Whether the stored body of ``path`` is an index naming digests of other paths
+        (cheap: asked on the reactor after every commit)."""
+        return False
+
+    def digests_in(self, path: str, body: bytes) -> Iterable[tuple[str, Digest]]:
+        """``(path, digest)`` of each object the index ``body`` (content-decoded) promises:
+        run in a thread, recorded in the store for later fills of those paths."""
+        return ()
+
+    def file_digest(self, algorithm: str, path: str) -> Callable[[str], str] | None:
+        """The whole-file function for an ``algorithm`` that is not a hash of the bytes."""
         return None
 
     def index_group(self, key: str) -> str | None:
