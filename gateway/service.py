@@ -7,6 +7,7 @@ from dataclasses import replace
 from functools import partial
 
 from twisted.application import internet, service
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from dns.responder import ReplyMemo
@@ -24,6 +25,7 @@ from gateway.front.handler import Gateway, GatewayResource, GatewaySite
 from gateway.front.accesslog import AccessLog
 from gateway.ops.progress import watch_progress
 from gateway.front.passthrough import PassthroughFactory
+from gateway.front.registry import MirrorResource, MirrorSite, RegistryClient, RegistryMirror
 from gateway.front.proxy import ProxyFactory, proxy_context
 from gateway.cache.stats import Stats
 from gateway.cache.store import Store
@@ -80,11 +82,18 @@ class GatewayService(service.MultiService):
                                self.ca.cert_pem(), access_log,
                                self.foreign_fetcher if config.server.proxy_port else None)
         self.site = GatewaySite(GatewayResource(self.gateway), timeout=CLIENT_IDLE_TIMEOUT)
+        self.mirror: RegistryMirror | None = None
+        if config.images.listen is not None:
+            self.mirror = RegistryMirror(reactor, self.store,
+                                         RegistryClient(reactor, self.fetcher),
+                                         config.images.registries, config.images.tag_ttl,
+                                         config.cache.offline, self.stats, access_log)
 
     def own_socket(self, ip: str, port: int) -> bool:
         """Whether ``ip:port`` is one of our listening sockets (looked up on each call:
         ports configured as 0 are only known once bound)."""
-        ports = [p for kind in ("http", "https", "proxy", "dns") for p in self.ports(kind)]
+        ports = [p for kind in ("http", "https", "proxy", "dns", "images")
+                 for p in self.ports(kind)]
         ports.append(self.config.server.admin[1])
         return own_address_guard(self.addresses, ports)(ip, port)
 
@@ -118,6 +127,9 @@ class GatewayService(service.MultiService):
             return [listener.port for listener in self.dns_listeners]
         if kind == "admin":
             return [child.port for child in self if isinstance(child, AdminService)]
+        if kind == "images":
+            return [child.port for child in self if isinstance(child, MirrorListener)
+                    and child.port]
         if kind == "proxy":
             return [child._port.getHost().port for child in self
                     if type(child) is internet.TCPServer
@@ -164,4 +176,36 @@ def make_service(config: Config, reactor,  # type: ignore[no-untyped-def]
     for listener in top.dns_listeners:
         listener.setServiceParent(top)
     AdminService(top, static_upstreams, activity, reactor).setServiceParent(top)
+    if top.mirror is not None and config.images.listen is not None:
+        MirrorListener(top.mirror, config.images.listen, reactor).setServiceParent(top)
     return top
+
+
+class MirrorListener(service.Service):
+    """The registry mirror's port (``[images] listen``).  A port already taken is an
+    error in the log, not a failed start: the gateway's other listeners are what builds
+    need first, and dockerd goes to the registry itself while the mirror is away
+    (``cachegate doctor`` reports it)."""
+
+    def __init__(self, mirror: RegistryMirror, address: tuple[str, int], reactor) -> None:  # type: ignore[no-untyped-def]
+        self.site = MirrorSite(MirrorResource(mirror), timeout=CLIENT_IDLE_TIMEOUT)
+        self.address = address
+        self.reactor = reactor
+        self.listening = None
+        self.port = 0
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        host, port = self.address
+        try:
+            self.listening = self.reactor.listenTCP(port, self.site, interface=host)
+        except CannotListenError as e:
+            log.error("registry mirror not started: cannot listen on {host}:{port}: {error}",
+                      host=host, port=port, error=e.socketError)
+            return
+        self.port = self.listening.getHost().port
+
+    def stopService(self):  # type: ignore[no-untyped-def]  # noqa: N802
+        super().stopService()
+        listening, self.listening, self.port = self.listening, None, 0
+        return listening.stopListening() if listening is not None else None

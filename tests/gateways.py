@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from gateway.ecosystems.catalogue import BUILTIN
-from gateway.config import CacheConfig, Config, DnsConfig, ServerConfig
+from gateway.config import CacheConfig, Config, DnsConfig, ImagesConfig, ServerConfig
 from gateway.service import make_service
 
 
@@ -27,6 +27,7 @@ def gateway_config(state_dir: Path, origin_url: str, rules: dict | None = None,
                             https_port=https_port, proxy_port=0, admin=("127.0.0.1", 0)),
         dns=DnsConfig(port=0, forwarders=("127.0.0.1:9",)),
         cache=replace(CacheConfig(), **cache),
+        images=ImagesConfig(listen=None),  # the registry mirror: tests/registry_gateways.py
         upstreams=upstreams)
 
 

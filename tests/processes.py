@@ -26,7 +26,7 @@ def toml_config(state_dir: Path, http_port: int, origin_url: str, names: list[st
     lines = ["[server]", f'state_dir = "{state_dir}"', 'listen = ["127.0.0.1"]',
              f"http_port = {http_port}", "https_port = 0", f'admin = "127.0.0.1:{free_port()}"',
              "", "[dns]", "port = 0",
-             'forwarders = ["127.0.0.1:9"]', "", extra, ""]
+             'forwarders = ["127.0.0.1:9"]', "", "[images]", 'listen = ""', "", extra, ""]
     for name in names:
         lines += [f"[upstreams.{name}]", f'origin = "{origin_url}/{name}"', ""]
     return "\n".join(lines)

@@ -263,3 +263,38 @@ def test_refusals_pass_on_and_credentials_are_relayed_uncached(mirror, upstream)
     assert relayed.status == 200 and relayed.headers["x-cache"] == "PASS"
     assert any(s.headers.get("authorization") == "Bearer client-token" for s in upstream.seen)
     assert m.store.get(object_key("manifests", top.digest)) is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_service_wires_the_mirror(tmp_path, upstream) -> None:  # type: ignore[no-untyped-def]
+    """``[images] listen`` in make_service: the gateway's store and stats, and a port
+    already taken is an error in the log, not a failed start."""
+    from dataclasses import replace as _replace
+
+    from gateway.config import ImagesConfig
+    from gateway.ecosystems.images import REGISTRIES
+    from tests.gateways import RunningGateway, gateway_config
+    from tests.http_client import fetch
+    from tests.oci_images import ACCEPT_ALL
+    _, top = upstream.layouts["single"]
+    registries = tuple(_replace(r, origin=upstream.url()) if r.name == "dockerhub" else r
+                       for r in REGISTRIES)
+    config = _replace(gateway_config(tmp_path / "state", "http://127.0.0.1:9"),
+                      images=ImagesConfig(("127.0.0.1", 0), 60, registries))
+    gw = RunningGateway(config)
+    try:
+        port = gw.service.ports("images")[0]
+        reply = yield fetch(port, "127.0.0.1", "/v2/library/single/manifests/latest",
+                            {"accept": ACCEPT_ALL})
+        assert reply.status == 200 and reply.body == top.data
+        assert gw.service.stats.by_ecosystem["dockerhub"].requests["MISS"] == 1
+        assert gw.store.get(object_key("manifests", top.digest)) is not None
+        taken = _replace(config, images=ImagesConfig(("127.0.0.1", port), 60, registries),
+                         server=_replace(config.server, state_dir=tmp_path / "other"))
+        second = RunningGateway(taken)  # starts; its mirror port is taken
+        try:
+            assert second.service.ports("images") == [] and second.port > 0
+        finally:
+            yield second.service.stopService()
+    finally:
+        yield gw.service.stopService()
