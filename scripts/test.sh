@@ -18,7 +18,7 @@ error() { echo "error: $*" >&2; exit 1; }
 DEBS=(bind9-dnsutils curl openssl apt dpkg gpg maven libmaven-dependency-plugin-java junit4
       shellcheck chromium systemd iproute2 debootstrap busybox-static
       build-essential libssl-dev zlib1g-dev pkg-config docker.io containerd runc
-      golang-go cargo-web ruby ruby-bundler)
+      golang-go cargo-web ruby ruby-bundler docker-registry skopeo)
 missing=()
 for deb in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "ok installed" || missing+=("$deb")
