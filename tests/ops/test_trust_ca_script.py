@@ -101,6 +101,22 @@ def test_alpine_cert_pem(tmp_path, ca, other):
     assert verifies(cert_pem, ca[1]) and verifies(cert_pem, other[1])
 
 
+def test_apk_ca_pem_gains_ours_when_an_image_has_one(tmp_path, ca, other):
+    """apk reads /etc/apk/ca.pem *instead of* the system store when it exists (apk-tools'
+    libfetch CA_CERT_FILE); real apk with it: tests/ecosystems/test_apk_client.py."""
+    (tmp_path / "etc/apk").mkdir(parents=True)
+    apk_ca = tmp_path / "etc/apk/ca.pem"
+    apk_ca.write_text(other[0].read_text())
+    trust(tmp_path, ca[0])
+    trust(tmp_path, ca[0])
+    assert copies(apk_ca, ca[0]) == 1
+    assert verifies(apk_ca, ca[1]) and verifies(apk_ca, other[1])
+    empty = tmp_path / "no-apk-ca"
+    empty.mkdir()
+    trust(empty, ca[0])
+    assert not (empty / "etc/apk/ca.pem").exists()  # never created: apk would read it alone
+
+
 def test_alpine_layout_with_busybox_alone(tmp_path, ca, other):
     """Alpine's layout (cert.pem a relative link to the bundle) and Alpine's tools: busybox
     sh and applets, nothing else on PATH."""
