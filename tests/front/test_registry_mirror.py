@@ -298,3 +298,14 @@ def test_service_wires_the_mirror(tmp_path, upstream) -> None:  # type: ignore[n
             yield second.service.stopService()
     finally:
         yield gw.service.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_summary_counts_pulls_and_tag_checks(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    m = mirror(tag_ttl=0)
+    yield m.get("/v2/library/single/manifests/latest")
+    yield m.get("/v2/library/single/manifests/latest")
+    hub = m.mirror.summary()["registries"]["dockerhub"]
+    assert hub["pulls"] == 1  # one manifest GET upstream; the rest were HEADs
+    assert hub["upstream"]["HEAD manifests"] >= 2
+    assert hub["tag_checks"] == {"new": 1, "same": 1}
