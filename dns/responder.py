@@ -97,8 +97,15 @@ class Responder:
             return packed
         self.stats.forwarded += 1
         d = self.forwarder.query(key, client_opt(query), bool(query.header.cd))
+        d.addBoth(self._timed, self.clock())
         d.addCallback(self._forwarded, query, key, limit)
         return d.addErrback(self._servfail, query, limit)
+
+    def _timed(self, result: Any, started: float) -> Any:
+        """Note how long the forwarders took (answered or failed).  Memo, cache and
+        redirect answers are not timed: they are made within one call, without I/O."""
+        self.stats.forward_seconds.observe(self.clock() - started)
+        return result
 
     def _forwarded(self, record: DNSRecord, query: DNSRecord, key: Key, limit: int | None
                    ) -> bytes:

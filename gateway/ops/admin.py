@@ -48,7 +48,7 @@ from gateway.cache.rules import Upstream
 from gateway.ecosystems.catalogue import BUILTIN
 from gateway.config import ConfigError
 from gateway.ops.metrics import CONTENT_TYPE as METRICS_TYPE
-from gateway.ops.metrics import metrics_registry, render
+from gateway.ops.metrics import Live, metrics_registry, render
 from gateway.ops.status_page import render_status
 from gateway.cache.store import MODE_OBJECT, Entry, Store
 from gateway.ops.upstream_edits import apply_edits, describe, load_edits, save_edits
@@ -125,7 +125,7 @@ class AdminAPI:
         self.activity = activity
         self.token, self.token_required = token, token_required
         self.started = reactor.seconds()
-        self.registry = metrics_registry(self.stats)
+        self.registry = metrics_registry(self.stats, self.live)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -158,6 +158,11 @@ class AdminAPI:
             "recent": self.activity.recent_lines(),
             "top": self.activity.top(TOP_OBJECTS),
         }
+
+    def live(self) -> Live:
+        top = self.top
+        return Live(top.stats.durations, top.gateway.flights.events,
+                    top.dns_stats.forward_seconds, top.store.evictions)
 
     def cache_list(self, ecosystem: str | None, prefix: str | None, limit: int) -> dict[str, Any]:
         return list_cache(self.top.store, ecosystem, prefix, limit)

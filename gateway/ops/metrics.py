@@ -1,9 +1,28 @@
 """``GET /metrics``: the gateway's live counters in the Prometheus text format.
 
 A custom collector reads the counters the process already keeps (``Stats``, ``DnsStats``,
-the TLS context, the store) at scrape time, rather than mirroring every event into
-``prometheus_client`` metric objects on the request path.  Per-client figures stay in
-``/api/stats``: client addresses as label values would grow the series without bound.
+``EngineEvents``, the TLS context, the store) at scrape time, rather than mirroring every
+event into ``prometheus_client`` metric objects on the request path.  Label values are
+bounded: ecosystems (the catalogue's names), cache labels, error kinds, stages.  Per-client
+figures stay in ``/api/stats``: client addresses or URLs as label values would grow the
+series without bound.
+
+The series (``_total`` counters, ``_seconds`` histograms; the gateway's job in
+Prometheus gives ``up``):
+
+- ``cachegate_requests_total{ecosystem,label}``, ``cachegate_sent_bytes_total{ecosystem,
+  source}``, ``cachegate_request_duration_seconds{ecosystem,label}`` (request to the
+  response's last byte), ``cachegate_stale_responses_total{ecosystem}``;
+- ``cachegate_upstream_requests_total{ecosystem}``, ``cachegate_upstream_errors_total
+  {ecosystem,kind}`` (connect, tls, timeout, 5xx, reset, other),
+  ``cachegate_upstream_fetch_duration_seconds{ecosystem}`` (request to response head);
+- ``cachegate_integrity_failures_total{ecosystem,stage}`` (download: a body not matching
+  its length or digest, never stored; stored: damaged on disk), ``cachegate_drift_events
+  _total{ecosystem}``;
+- ``cachegate_passthrough_rejections_total`` (clients refusing the CA),
+  ``cachegate_passthrough_tunnels_total``, ``cachegate_passthrough_tunnel_failures_total``;
+- ``cachegate_dns_*``, ``cachegate_dns_forward_duration_seconds``;
+- ``cachegate_cache_*`` (objects, bytes, limit, ``evictions_total``), TLS, uptime, process.
 """
 
 from __future__ import annotations
@@ -11,20 +30,29 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                   HistogramMetricFamily, Metric)
+
+from gateway.cache.events import EngineEvents
+from gateway.cache.stats import Histogram
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class GatewayCollector:
-    """Reads ``snapshot()`` (the ``/api/stats`` document) at every scrape."""
+    """Reads ``snapshot()`` (the ``/api/stats`` document) and ``live()`` (the histograms and
+    engine counters, ``Live``) at every scrape."""
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
-        self.snapshot = snapshot
+    def __init__(self, snapshot: Callable[[], dict[str, Any]],
+                 live: Callable[[], "Live"] | None = None) -> None:
+        self.snapshot, self.live = snapshot, live
 
     def collect(self) -> Iterator[Metric]:
         doc = self.snapshot()
         yield from _requests(doc["gateway"])
+        yield from _passthrough(doc.get("passthrough", {}))
+        if self.live is not None:
+            yield from _live(self.live())
         yield from _dns(doc["dns"])
         yield from _cache(doc["cache"], doc["downloads"])
         tls = doc["tls"]
@@ -46,15 +74,20 @@ def _requests(stats: dict[str, Any]) -> Iterator[Metric]:
                                labels=["ecosystem", "source"])
     ratio = GaugeMetricFamily("cachegate_hit_ratio", "Share of requests answered from the "
                               "cache since start", labels=["ecosystem"])
+    stale = CounterMetricFamily("cachegate_stale_responses", "Stale copies served because "
+                                "the upstream failed (or offline), by ecosystem",
+                                labels=["ecosystem"])
     for ecosystem, tally in stats["ecosystems"].items():
         for label, count in sorted(tally["requests"].items()):
             requests.add_metric([ecosystem, label], count)
+        stale.add_metric([ecosystem], tally["requests"].get("STALE", 0))
         sent.add_metric([ecosystem, "cache"], tally["bytes_from_cache"])
         sent.add_metric([ecosystem, "upstream"], tally["bytes_from_upstream"])
         ratio.add_metric([ecosystem], tally["hit_ratio"])
     yield requests
     yield sent
     yield ratio
+    yield stale
 
 
 def _dns(dns: dict[str, int]) -> Iterator[Metric]:
@@ -85,10 +118,73 @@ def _cache(cache: dict[str, Any], downloads: dict[str, int]) -> Iterator[Metric]
                             value=downloads["active"])
 
 
-def metrics_registry(snapshot: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+class Live:
+    """What the collector reads besides the stats document: the live histograms and the
+    engine's counters (``GatewayService`` parts, named so tests can build one)."""
+
+    def __init__(self, durations: dict, events: EngineEvents, dns_forward: Histogram,
+                 evictions: int) -> None:
+        self.durations, self.events = durations, events
+        self.dns_forward, self.evictions = dns_forward, evictions
+
+
+def _histogram(name: str, doc: str, labels: list[str],
+               series: Iterator[tuple[list[str], Histogram]]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, histogram in series:
+        family.add_metric(values, histogram.cumulative(), histogram.total)
+    return family
+
+
+def _live(live: Live) -> Iterator[Metric]:
+    yield _histogram("cachegate_request_duration_seconds", "Seconds from a request to the "
+                     "end of its response, by ecosystem and cache label", ["ecosystem", "label"],
+                     ((list(key), h) for key, h in sorted(live.durations.items())))
+    events = live.events
+    yield _histogram("cachegate_upstream_fetch_duration_seconds", "Seconds from an upstream "
+                     "request to its response head, by ecosystem", ["ecosystem"],
+                     (([name], h) for name, h in sorted(events.fetch_seconds.items())))
+    yield _counter("cachegate_upstream_requests", "Upstream requests sent (answered or not), "
+                   "by ecosystem", ["ecosystem"], events.requests)
+    yield _counter("cachegate_upstream_errors", "Upstream requests that failed, by ecosystem "
+                   "and kind (connect, tls, timeout, 5xx, reset, other)", ["ecosystem", "kind"],
+                   events.upstream_errors)
+    yield _counter("cachegate_integrity_failures", "Bodies that did not match their length "
+                   "or digest, by ecosystem and stage (download: never stored; stored: "
+                   "damaged on disk, dropped)", ["ecosystem", "stage"], events.integrity_failures)
+    yield _counter("cachegate_drift_events", "Immutable URLs whose bytes changed upstream "
+                   "since first stored, by ecosystem", ["ecosystem"], events.drift)
+    yield _histogram("cachegate_dns_forward_duration_seconds", "Seconds the forwarders took "
+                     "to answer (or fail) a forwarded DNS query", [],
+                     iter([([], live.dns_forward)]))
+    yield CounterMetricFamily("cachegate_cache_evictions", "Objects evicted to keep the store "
+                              "under its size limit", value=live.evictions)
+
+
+def _counter(name: str, doc: str, labels: list[str], counts: dict) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, count in sorted(counts.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], count)
+    return family
+
+
+def _passthrough(doc: dict[str, Any]) -> Iterator[Metric]:
+    pairs = doc.get("untrusting_clients", [])
+    yield CounterMetricFamily("cachegate_passthrough_rejections", "TLS handshakes a client "
+                              "ended by refusing the gateway's CA", value=doc.get("rejected", 0))
+    yield CounterMetricFamily("cachegate_passthrough_tunnels", "HTTPS connections tunnelled "
+                              "uncached to the real upstream (clients not trusting the CA)",
+                              value=doc.get("tunnelled", 0))
+    yield CounterMetricFamily("cachegate_passthrough_tunnel_failures", "Tunnels that could not "
+                              "reach the real upstream", value=sum(p["tunnel_failures"]
+                                                                   for p in pairs))
+
+
+def metrics_registry(snapshot: Callable[[], dict[str, Any]],
+                     live: Callable[[], Live] | None = None) -> CollectorRegistry:
     """A registry of our collector and the process's own (CPU, memory, open files)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(snapshot))
+    registry.register(GatewayCollector(snapshot, live))
     ProcessCollector(registry=registry)
     return registry
 
