@@ -22,6 +22,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from gateway.cache.rules import Rule, Upstream
 from gateway.cache.download import Download, VerificationError
 from gateway.cache.events import EngineEvents
+from gateway.cache.integrity import Integrity
 from gateway.cache.fetcher import Fetcher, header_dict, header_pairs
 from gateway.cache.headers import as_dict, merge_304, replayable, shared_request_headers
 from gateway.cache.keys import parse_vary, variant_key
@@ -97,6 +98,8 @@ class Flights:
         self.on_download = on_download or (lambda download, url: None)
         self.active: dict[str, Flight] = {}
         self.events = events or EngineEvents()  # upstream times and errors, integrity
+        # Digests promised for fills, learning from stored indexes, refused bodies.
+        self.integrity = Integrity(reactor, store)
 
     def obtain(self, target: Target, stale: Entry | None) -> "defer.Deferred[Outcome]":
         """Join the flight for ``target.key``, starting it if there is none."""
@@ -187,6 +190,15 @@ class Flight:
             del self.flights.active[self.target.key]
 
     def start(self) -> None:
+        """Ask the upstream, once the indexes being read now are recorded (their digests
+        may be this body's)."""
+        settled = self.flights.integrity.settled()
+        if settled.called:
+            return self._request()
+        settled.addCallback(lambda _: self._request())
+        settled.addErrback(self._bug)
+
+    def _request(self) -> None:
         headers = shared_request_headers(self.target.headers)
         if self.stale is not None:
             if etag := self.stale.meta.header("etag"):
@@ -255,8 +267,9 @@ class Flight:
         self.private = refusal == "private"
         self.storable = refusal is None
         target = self.target
-        expected = target.upstream.ecosystem.expected_digest(target.rule, target.path) \
-            if response.code == 200 else None
+        expected = self.flights.integrity.expectations(
+            target.upstream, target.rule, target.path, target.base) if response.code == 200 \
+            else None
         download = Download(self.flights.store.new_partial(), _length(response), expected)
         if refusal is None:
             self.flights.store.set_vary(self.target.base, self.vary)
@@ -273,6 +286,10 @@ class Flight:
             return
         meta = self._meta(status, pairs, download.size, download.sha256.hexdigest())
         previous = self.stale.meta.sha256 if self.stale is not None else None
+        integrity, target = self.flights.integrity, self.target
+        if status == 200:
+            integrity.annotate(meta, download, integrity.checks_digests(
+                target.upstream, target.rule, target.path))
         try:
             self.flights.store.commit(key, meta, download.path)
         except Exception:  # a full disk or a broken database must not take the download down
@@ -281,6 +298,10 @@ class Flight:
         group = self.target.upstream.ecosystem.marked_group(self.target.base)
         if group is not None and previous != meta.sha256:
             self.flights.store.set_suite_changed(group, meta.freshness.response_time)
+        if status == 200:
+            integrity.committed(target.rule, target.base, meta)
+            # The reader's descriptor survives the rename: the index is read in a thread.
+            integrity.learn(target.upstream, target.path, download.open_reader(), pairs)
 
     def _count(self, status: int) -> None:
         events, name = self.flights.events, self.target.upstream.name
@@ -294,6 +315,7 @@ class Flight:
                 self.flights.events.integrity_failure(self.target.upstream.name, "download")
             else:
                 self.flights.events.upstream_failure(self.target.upstream.name, download.error)
+            self.flights.integrity.refused(download, self.target.base)
             log.error("download of {url} failed: {error}", url=self.target.url,
                       error=download.error.getErrorMessage())
         self._end()

@@ -77,7 +77,11 @@ class PinRefused(Exception):
 
 # The content index is an SQLite expression index over the sha256 in each object's row:
 # always in step with the rows (eviction, clears and replacements need no bookkeeping).
-_SHA256_OF_ROW = "json_extract(CAST(value AS TEXT), '$.sha256')"
+# Found by position, not json_extract: SQLite rejects the ``Infinity`` that Python writes
+# for an immutable object's lifetime.  Inside a JSON string a quote is escaped, so the
+# first ``"sha256": "`` is Meta's own field.
+_SHA256_OF_ROW = ("substr(CAST(value AS TEXT), instr(CAST(value AS TEXT), '\"sha256\": \"')"
+                  " + 11, 64)")
 # Small records beside the objects, in the same database (one transaction, one file).
 _SIDE_TABLES = (
     # What an index (or a lockfile) says a path's body hashes to.
@@ -94,9 +98,10 @@ _SIDE_TABLES = (
 
 
 def _content_index(cache: diskcache.Cache) -> bool:
-    """Create the sha256 index; False when this SQLite has no JSON functions."""
+    """Create the sha256 index; False when this SQLite cannot (then lookups scan)."""
     try:
-        cache._sql(f"CREATE INDEX IF NOT EXISTS Cache_sha256 ON Cache ({_SHA256_OF_ROW})"
+        cache._sql("DROP INDEX IF EXISTS Cache_sha256")  # a first version's, by json_extract
+        cache._sql(f"CREATE INDEX IF NOT EXISTS Cache_sha256_v2 ON Cache ({_SHA256_OF_ROW})"
                    f" WHERE mode = {MODE_OBJECT}")
     except sqlite3.OperationalError:
         return False
@@ -253,6 +258,15 @@ class Store:
         self._hot.pop(key, None)
         return bool(self.cache.delete(key))
 
+    def delete_variants(self, base: str) -> int:
+        """Delete every stored response for ``base`` (each variant a ``Vary`` selects):
+        what an unsafe request to that URI invalidates.  How many were deleted."""
+        low, high = base + "\n", base + "\x0b"  # variant keys are base + "\n" + ...
+        rows = self.cache._sql("SELECT key FROM Cache WHERE raw = 1 AND mode = ? AND "
+                               "(key = ? OR (key >= ? AND key < ?))",
+                               (MODE_OBJECT, base, low, high)).fetchall()
+        return sum(self.delete(key) for (key,) in rows)
+
     def vary(self, base: str) -> tuple[str, ...]:
         """The header names the object at ``base`` was last seen to vary on (memoised:
         it is asked on every request, and changes only when a response says so)."""
@@ -286,7 +300,7 @@ class Store:
     def find_sha256(self, hex_digest: str) -> list[Entry]:
         """Every stored object whose body has this sha256 (one SQL index lookup)."""
         hex_digest = hex_digest.lower()
-        if not self.by_digest:  # an SQLite without JSON functions: a scan
+        if not self.by_digest:  # no index: a scan
             return [e for e in self.entries() if e.meta.sha256 == hex_digest]
         rows = self.cache._sql(
             f"SELECT key, filename, value FROM Cache WHERE mode = {MODE_OBJECT}"

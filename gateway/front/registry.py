@@ -98,7 +98,9 @@ class RegistryClient:
         self.fetcher = fetcher
         self.credentials = credentials or {}
         self.tokens: dict[tuple[str, str], tuple[str, float]] = {}
-        self.counts: Counter[tuple[str, str, str]] = Counter()  # (registry, method, where)
+        # Upstream requests by (registry, method, what): "manifests" GETs are what Docker
+        # Hub counts as pulls; "blobs", "token", and "redirect" (the CDN) are free there.
+        self.counts: Counter[tuple[str, str, str]] = Counter()
 
     @defer.inlineCallbacks
     def request(self, registry: Registry, host: str, name: str, method: str, path: str,
@@ -125,8 +127,9 @@ class RegistryClient:
     def _follow(self, registry: Registry, api: str, method: str, url: str,
                 headers: dict[str, str]):  # type: ignore[no-untyped-def]
         for _ in range(MAX_REDIRECTS + 1):
-            where = "registry" if same_origin(url, api) else "redirect"
-            self.counts[(registry.name, method, where)] += 1
+            what = "redirect" if not same_origin(url, api) else \
+                "manifests" if "/manifests/" in url else "blobs"
+            self.counts[(registry.name, method, what)] += 1
             response = yield self.fetcher.request(method, url, headers)
             location = _header(response, "location")
             if response.code not in _REDIRECTS or not location:
@@ -290,6 +293,7 @@ class RegistryMirror:
         self.stats = stats
         self.access_log = access_log
         self.fills: dict[str, Filling] = {}  # by object key, while the body streams in
+        self.tag_checks: Counter[tuple[str, str]] = Counter()  # (registry, outcome)
         self.shared = Shared()  # object fetches and tag checks in progress
 
     # -- routing --------------------------------------------------------------------
@@ -485,11 +489,13 @@ class RegistryMirror:
 
     def _tag_checked(self, result: TagRecord | Outcome, ex: Exchange,
                      record: TagRecord | None) -> None:
+        outcome = ("same" if record is not None and record.digest == result.digest else "new") \
+            if isinstance(result, TagRecord) else type(result).__name__.lower()
+        self.tag_checks[(ex.registry.name, outcome)] += 1
         if ex.gone:
             return
         if isinstance(result, TagRecord):
-            label = "REVALIDATED" if record is not None and record.digest == result.digest \
-                else "MISS"
+            label = "REVALIDATED" if outcome == "same" else "MISS"
             return self._object(ex, "manifests", result.digest, label, result)
         if isinstance(result, Unavailable) and record is not None:
             log.warn("{registry} {name}:{tag}: {reason}; serving the stored {digest}",
@@ -638,6 +644,20 @@ class RegistryMirror:
                          lambda sent, ok: self._log(ex, response.code, "PASS", sent, ok)).start()
         d.addCallbacks(answered, lambda f: self._not_found(ex, f.getErrorMessage()))
         d.addErrback(self._bug, ex)
+
+    def summary(self) -> dict[str, Any]:
+        """Per registry: upstream requests (``manifests`` GETs are Docker Hub's pulls) and
+        tag revalidations by outcome (same digest, new digest, refused, unavailable)."""
+        out: dict[str, Any] = {}
+        for (registry, method, what), n in sorted(self.client.counts.items()):
+            out.setdefault(registry, {"upstream": {}, "tag_checks": {}})["upstream"][
+                f"{method} {what}"] = n
+        for (registry, outcome), n in sorted(self.tag_checks.items()):
+            out.setdefault(registry, {"upstream": {}, "tag_checks": {}})["tag_checks"][
+                outcome] = n
+        for entry in out.values():
+            entry["pulls"] = entry["upstream"].get("GET manifests", 0)
+        return {"filling": len(self.fills), "registries": out}
 
     # -- bookkeeping --------------------------------------------------------------------
 
