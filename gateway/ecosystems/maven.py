@@ -1,10 +1,44 @@
 """Maven: release artifacts and their checksums are immutable; metadata and SNAPSHOTs
-are revalidated."""
+are revalidated.
+
+A release file's ``.sha1``/``.sha256``/``.sha512`` sidecar, once stored, is what a later
+fill of the file is checked against (Maven clients ask for the file first and the sidecar
+after; ``cachegate warm`` asks for the sidecars first, so its fills are checked)."""
 
 from __future__ import annotations
 
-from gateway.cache.rules import Policy, Rule, Upstream
+import re
+from typing import Iterable
+
+from gateway.cache.rules import Digest, Ecosystem, Policy, Rule, Upstream
 from gateway.ecosystems import INDEX_TTL
+
+_SIDECAR = re.compile(r"^(.+)\.(sha1|sha256|sha512)$")
+_LENGTHS = {"sha1": 40, "sha256": 64, "sha512": 128}
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+
+
+def sidecar_digest(algorithm: str, body: bytes) -> str | None:
+    """The hex digest a checksum file holds (``<hex>`` or ``<hex>  <file name>``)."""
+    token = body.decode("ascii", "replace").strip().split(" ")[0].strip().lower()
+    return token if len(token) == _LENGTHS[algorithm] and _HEX.match(token) else None
+
+
+class Maven(Ecosystem):
+    def publishes_digests(self, path: str) -> bool:
+        return _SIDECAR.match(path) is None and "/maven-metadata.xml" not in path \
+            and not path.endswith((".md5", ".asc"))
+
+    def learns_from(self, path: str) -> bool:
+        m = _SIDECAR.match(path)
+        return m is not None and "maven-metadata.xml" not in m.group(1)
+
+    def digests_in(self, path: str, body: bytes) -> Iterable[tuple[str, Digest]]:
+        m = _SIDECAR.match(path)
+        value = sidecar_digest(m.group(2), body) if m else None
+        if m and value:
+            yield m.group(1), Digest(m.group(2), value, "sidecar")
+
 
 ROWS = (
     Upstream("maven", ("repo1.maven.org", "repo.maven.apache.org"), (
@@ -12,5 +46,5 @@ ROWS = (
         Rule(r"-SNAPSHOT/", Policy.REVALIDATE, INDEX_TTL),
         Rule(r"\.(jar|pom|war|aar|module|zip|tar\.gz|asc|md5|sha1|sha256|sha512)$",
              Policy.IMMUTABLE),
-    )),
+    ), ecosystem=Maven()),
 )

@@ -1,0 +1,115 @@
+"""Integrity on fill (issue 15): each artifact is checked against the digest its own index
+published, once the gateway has stored that index; a body that disagrees is refused like a
+truncated one; an immutable URL whose bytes change is drift.  Real sockets, the fixture
+origin, a real client (twisted's Agent) that must see an aborted transfer."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import pytest_twisted
+from twisted.web.client import ResponseFailed
+
+from gateway.cache.verify import find_problems
+from tests.fixtures import NPM_CORGI_ACCEPT, counter_bytes
+from tests.http_client import fetch
+
+# (ecosystem = origin folder, index host, index path, index headers, artifact host, path)
+CASES = {
+    "npm": ("npm", "registry.npmjs.org", "/cachegate-fixture", {"accept": NPM_CORGI_ACCEPT,
+                                                                 "accept-encoding": "gzip"},
+            "registry.npmjs.org", "/cachegate-fixture/-/cachegate-fixture-1.0.0.tgz"),
+    "crates": ("crates", "index.crates.io", "/ca/ch/cachegate-fixture", {},
+               "static.crates.io", "/crates/cachegate-fixture/1.0.0/download"),
+    "maven": ("maven", "repo1.maven.org", "/maven2/org/cachegate/fixture/1.0/fixture-1.0.jar.sha1",
+              {}, "repo1.maven.org", "/maven2/org/cachegate/fixture/1.0/fixture-1.0.jar"),
+    "debian": ("debian", "deb.debian.org", "/debian/dists/bookworm/main/binary-amd64/Packages.xz",
+               {}, "deb.debian.org",
+               "/debian/pool/main/h/hello-cachegate/hello-cachegate_1.0_all.deb"),
+    "rubygems": ("rubygems", "rubygems.org", "/info/cachegate-fixture", {},
+                 "rubygems.org", "/gems/cachegate-fixture-1.0.0.gem"),
+}
+
+
+def _case(fixtures, name):  # type: ignore[no-untyped-def]
+    eco, index_host, index_path, headers, host, path = CASES[name]
+    try:
+        artifact = fixtures.get(eco, path)
+    except KeyError:
+        pytest.skip(f"the fixture tree has no {eco} tree here (its builder is missing)")
+    return eco, index_host, index_path, headers, host, path, artifact
+
+
+def _stored(gw, host, path):  # type: ignore[no-untyped-def]
+    return [e for e in gw.store.entries() if e.meta.url == host + path]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest_twisted.inlineCallbacks
+def test_an_artifact_is_checked_against_the_index_the_gateway_stored(name, origin, fixtures,
+                                                                      start_gateway):
+    eco, index_host, index_path, headers, host, path, artifact = _case(fixtures, name)
+    gw = start_gateway(origin.url)
+    index = yield fetch(gw.port, index_host, index_path, headers)
+    assert index.status == 200
+    reply = yield fetch(gw.port, host, path)
+    assert reply.status == 200 and reply.sha256 == artifact.sha256
+    [entry] = _stored(gw, host, path)
+    assert entry.meta.extra["verified"] and entry.meta.extra["verified"] != "unverified", \
+        entry.meta.extra
+    assert [e.key for e in gw.store.find_sha256(artifact.sha256)] == [entry.key]
+    assert origin.count(f"/{eco}{path}") == 1
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest_twisted.inlineCallbacks
+def test_bytes_that_disagree_with_the_index_are_aborted_and_never_stored(name, origin, fixtures,
+                                                                          start_gateway):
+    eco, index_host, index_path, headers, host, path, artifact = _case(fixtures, name)
+    gw = start_gateway(origin.url)
+    yield fetch(gw.port, index_host, index_path, headers)
+    origin.behave(f"/{eco}{path}", body=counter_bytes(artifact.size, b"tampered"))
+    with pytest.raises(ResponseFailed):  # the client's transfer is cut, never complete
+        yield fetch(gw.port, host, path)
+    assert _stored(gw, host, path) == []
+    integrity = gw.service.gateway.flights.integrity
+    assert integrity.counts["mismatch"] == 1
+    [event] = integrity.events
+    assert event.kind == "mismatch" and event.url == host + path and event.refused
+    assert find_problems(list(gw.store.entries()))[2] == []  # cache verify stays clean
+
+
+@pytest_twisted.inlineCallbacks
+def test_without_its_index_an_artifact_is_stored_unverified(origin, fixtures, start_gateway):
+    path = "/cachegate-fixture/-/cachegate-fixture-1.0.0.tgz"
+    gw = start_gateway(origin.url)
+    reply = yield fetch(gw.port, "registry.npmjs.org", path)
+    assert reply.status == 200
+    [entry] = _stored(gw, "registry.npmjs.org", path)
+    assert entry.meta.extra["verified"] == "unverified"
+
+
+@pytest_twisted.inlineCallbacks
+def test_drift_new_bytes_for_an_immutable_url_are_refused_unless_accepted(origin, fixtures,
+                                                                          start_gateway):
+    host, path = "registry.npmjs.org", "/cachegate-fixture/-/cachegate-fixture-1.1.0.tgz"
+    first = fixtures.get("npm", path)
+    gw = start_gateway(origin.url)
+    yield fetch(gw.port, host, path)
+    [entry] = _stored(gw, host, path)
+    gw.store.delete(entry.key)  # evicted, or cleared
+    swapped = counter_bytes(first.size + 100, b"republished")
+    origin.behave(f"/npm{path}", body=swapped)
+    with pytest.raises(ResponseFailed):
+        yield fetch(gw.port, host, path)
+    integrity = gw.service.gateway.flights.integrity
+    assert _stored(gw, host, path) == [] and integrity.counts["drift"] == 1
+    assert integrity.events[-1].kind == "drift" and integrity.events[-1].refused
+
+    integrity.on_drift = "accept"
+    reply = yield fetch(gw.port, host, path)
+    assert reply.status == 200 and reply.body == swapped
+    [entry] = _stored(gw, host, path)
+    assert entry.meta.sha256 == hashlib.sha256(swapped).hexdigest()
+    assert integrity.counts["drift_accepted"] == 1 and not integrity.events[-1].refused
