@@ -74,6 +74,9 @@ class CacheConfig:
     negative_ttl: int = 60  # how long a 404/410 is remembered
     connect_timeout: float = 10.0  # upstream TCP+TLS connect
     idle_timeout: float = 60.0  # upstream silence before a download is abandoned
+    # New bytes for an immutable URL already stored once: "refuse" keeps the first copy
+    # (the fill fails, the event is reported), "accept" stores them (and reports them).
+    on_drift: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -249,13 +252,16 @@ def _dns(r: _Reader) -> DnsConfig:
 
 def _cache(r: _Reader) -> CacheConfig:
     d = CacheConfig()
-    r.reject_unknown({"size_limit", "offline", "negative_ttl", "connect_timeout", "idle_timeout"})
+    r.reject_unknown({"size_limit", "offline", "negative_ttl", "connect_timeout", "idle_timeout",
+                      "on_drift"})
     return CacheConfig(
         size_limit=r.convert("size_limit", (str, int), d.size_limit, parse_size),
         offline=r.get("offline", bool, d.offline),
         negative_ttl=r.convert("negative_ttl", int, d.negative_ttl, _non_negative),
         connect_timeout=r.convert("connect_timeout", (int, float), d.connect_timeout, _positive),
         idle_timeout=r.convert("idle_timeout", (int, float), d.idle_timeout, _positive),
+        on_drift=r.convert("on_drift", str, d.on_drift,
+                           lambda v: _choice(v, ("refuse", "accept"))),
     )
 
 

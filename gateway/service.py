@@ -78,6 +78,7 @@ class GatewayService(service.MultiService):
         self.stats = Stats()
         flights = Flights(reactor, self.store, self.fetcher, config.cache.negative_ttl,
                           partial(watch_progress, reactor))
+        flights.integrity.on_drift = config.cache.on_drift
         self.gateway = Gateway(reactor, config, self.store, flights, self.stats,
                                self.ca.cert_pem(), access_log,
                                self.foreign_fetcher if config.server.proxy_port else None)
