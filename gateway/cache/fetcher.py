@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (Agent, BrowserLikePolicyForHTTPS, FileBodyProducer,
                                 HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory)
+from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
@@ -38,6 +39,34 @@ MAX_CONNECTIONS_PER_HOST = 8
 # Registries' keep-alive is typically 60-120 s; closing idle connections a bit earlier
 # avoids racing a server-side close with a new request.
 POOL_IDLE_SECONDS = 50
+
+
+class _ConnectionAwareProtocol(HTTP11ClientProtocol):
+    """Removes the response fields named in ``Connection`` (RFC 9110 7.6.1) before anyone
+    sees the response.  twisted.web's parser keeps ``Connection`` itself apart (to decide
+    on keep-alive) but leaves the fields it names among the end-to-end ones, where only
+    its parser can still tell them apart: hence this subclass rather than a filter later."""
+
+    def request(self, request):  # type: ignore[no-untyped-def]
+        d = super().request(request)
+        parser = self._parser
+        if parser is not None:
+            d.addCallback(_drop_connection_fields, parser)
+        return d
+
+
+def _drop_connection_fields(response, parser):  # type: ignore[no-untyped-def]
+    for value in parser.connHeaders.getRawHeaders(b"connection", ()):
+        for token in value.split(b","):
+            name = token.strip().lower()
+            if name:
+                response.headers.removeHeader(name)
+    return response
+
+
+class _ConnectionAwareFactory(_HTTP11ClientFactory):
+    def buildProtocol(self, addr):  # type: ignore[no-untyped-def]  # noqa: N802
+        return _ConnectionAwareProtocol(self._quiescentCallback)
 
 
 class LoopError(error.ConnectError):
@@ -120,6 +149,7 @@ class Fetcher:
         self.idle_timeout = idle_timeout
         self.tls_policy = tls_policy or BrowserLikePolicyForHTTPS()
         self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool._factory = _ConnectionAwareFactory
         self.pool.maxPersistentPerHost = MAX_CONNECTIONS_PER_HOST
         self.pool.cachedConnectionTimeout = POOL_IDLE_SECONDS
         self.agent = Agent.usingEndpointFactory(reactor, _EndpointFactory(self), pool=self.pool)

@@ -24,9 +24,10 @@ from gateway.cache.download import Download, VerificationError
 from gateway.cache.events import EngineEvents
 from gateway.cache.integrity import Integrity
 from gateway.cache.fetcher import Fetcher, header_dict, header_pairs
-from gateway.cache.headers import as_dict, merge_304, replayable, shared_request_headers
+from gateway.cache.headers import (as_dict, merge_304, replayable, shared_request_headers,
+                                   with_date)
 from gateway.cache.keys import parse_vary, variant_key
-from gateway.cache.policy import freshness, store_refusal
+from gateway.cache.policy import freshness, initial_age, store_refusal
 from gateway.cache.store import Entry, Meta, Store
 
 log = Logger()
@@ -158,6 +159,8 @@ class Flight:
         self.storable = False
         self.waiters: list[tuple[defer.Deferred, dict[str, str]]] = []
         self.request_time = 0.0
+        self.response_time = 0.0  # when the upstream's response head arrived
+        self.received_age: str | None = None  # the upstream's Age, not replayed as such
 
     def join(self, headers: dict[str, str]) -> "defer.Deferred[Outcome]":
         if self.outcome is not None:
@@ -170,7 +173,7 @@ class Flight:
         assert self.outcome is not None
         if headers is self.target.headers or not isinstance(self.outcome, Streaming):
             return self.outcome
-        if self.private:
+        if self.private:  # private, or Vary: * (never reused for another request)
             return Retry(bypass=True)
         if self.vary and variant_key(self.target.base, self.vary, headers) != \
                 variant_key(self.target.base, self.vary, self.target.headers):
@@ -199,7 +202,8 @@ class Flight:
         settled.addErrback(self._bug)
 
     def _request(self) -> None:
-        headers = shared_request_headers(self.target.headers)
+        headers = shared_request_headers(
+            self.target.headers, self.target.upstream.forwards_end_to_end(self.target.rule))
         if self.stale is not None:
             if etag := self.stale.meta.header("etag"):
                 headers["if-none-match"] = etag
@@ -234,6 +238,8 @@ class Flight:
 
     def _response(self, response) -> None:  # type: ignore[no-untyped-def]
         self._count(response.code)
+        self.response_time = self.flights.reactor.seconds()
+        self.received_age = header_dict(response.headers).get("age")
         if response.code == 304 and self.stale is not None:
             response.deliverBody(_Discard())
             self._revalidated(header_pairs(response.headers))
@@ -245,6 +251,8 @@ class Flight:
 
     def _revalidated(self, fresh: list[tuple[str, str]]) -> None:
         assert self.stale is not None
+        # The 304's Date and Age replace the stored ones (a 304 without Date is dated now).
+        fresh = with_date(fresh, self.response_time)
         meta = self._meta(304, merge_304(self.stale.meta.headers, fresh), self.stale.meta.length,
                           self.stale.meta.sha256)
         entry = self.flights.store.refresh(self.stale, meta)
@@ -252,19 +260,21 @@ class Flight:
         self._end()
 
     def _meta(self, status: int, pairs: list[tuple[str, str]], length: int, sha256: str) -> Meta:
-        now = self.flights.reactor.seconds()
         status = self.stale.meta.status if status == 304 and self.stale else status
-        fresh = freshness(self.target.rule, status, as_dict(pairs), self.request_time, now,
-                          self.flights.negative_ttl)
+        headers = as_dict(pairs)
+        if self.received_age is not None:  # counts towards the age, never replayed
+            headers["age"] = self.received_age
+        fresh = freshness(self.target.rule, status, headers, self.request_time,
+                          self.response_time, self.flights.negative_ttl)
         return Meta(self.target.base, self.target.upstream.name, status, pairs, fresh, length,
                     sha256)
 
     def _stream(self, response) -> None:  # type: ignore[no-untyped-def]
         headers = header_dict(response.headers)
-        pairs = replayable(header_pairs(response.headers))
+        pairs = with_date(replayable(header_pairs(response.headers)), self.response_time)
         self.vary = parse_vary(headers.get("vary"))
         refusal = store_refusal(self.target.rule, response.code, headers)
-        self.private = refusal == "private"
+        self.private = refusal in ("private", "vary-star")
         self.storable = refusal is None
         target = self.target
         expected = self.flights.integrity.expectations(
@@ -276,9 +286,17 @@ class Flight:
             key = variant_key(self.target.base, self.vary, self.target.headers)
             download.on_finish(lambda dl: self._commit(dl, key, response.code, pairs))
         download.on_finish(lambda dl: self._finished(dl))
-        self._resolve(Streaming(download, response.code, pairs, "MISS"))
+        self._resolve(Streaming(download, response.code, pairs + self._age(headers), "MISS"))
         self.flights.on_download(download, self.target.url)
         self.flights.fetcher.deliver(response, download)
+
+    def _age(self, headers: dict[str, str]) -> list[tuple[str, str]]:
+        """The ``Age`` a client of the fetch gets when the upstream said one (RFC 9111
+        4.2.3: the upstream's plus the transit time)."""
+        if self.received_age is None:
+            return []
+        age = initial_age(headers, self.request_time, self.response_time)
+        return [("Age", str(int(age)))]
 
     def _commit(self, download: Download, key: str, status: int,
                 pairs: list[tuple[str, str]]) -> None:

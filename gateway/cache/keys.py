@@ -4,8 +4,13 @@ the full one, and a client that cannot gunzip never gets gzip."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote
 
+# What a request target may hold (RFC 3986: printable ASCII; anything else must be
+# percent-encoded), and what it may not hold even percent-encoded: control characters.
+_TARGET = re.compile(r"/[\x21-\x7e]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Codings a registry may answer in; anything else in Accept-Encoding changes nothing.
 _CODINGS = ("br", "deflate", "gzip", "zstd")
 
@@ -18,15 +23,16 @@ def base_key(host: str, path_and_query: str) -> str:
 def normalise_path(raw: str) -> str | None:
     """The request target's path and query, or None when it could escape the key space.
 
-    Percent-encoded slashes, dot segments and NUL are refused rather than normalised:
-    a registry never needs them, and normalising them differently from the upstream
-    would let one URL poison the cache entry of another.
+    Percent-encoded slashes, dot segments and control characters are refused rather than
+    normalised: a registry never needs them, and normalising them differently from the
+    upstream would let one URL poison the cache entry of another.  Bytes a URI cannot
+    carry (spaces, non-ASCII) are refused too: no upstream request could be made of them.
     """
-    if not raw.startswith("/"):
+    if not _TARGET.fullmatch(raw):
         return None
     path, _, query = raw.partition("?")
     decoded = unquote(path)
-    if "\x00" in decoded or "\\" in decoded or "%2f" in path.lower() and "/@" not in path:
+    if _CONTROL.search(decoded) or "\\" in decoded or "%2f" in path.lower() and "/@" not in path:
         return None
     if any(seg in (".", "..") for seg in decoded.split("/")):
         return None

@@ -9,9 +9,10 @@ carrying credentials never touches the cache.
 
 from __future__ import annotations
 
+import calendar
 import math
+import re
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 from gateway.cache.rules import Policy, Rule
 
@@ -25,8 +26,23 @@ NEGATIVE_STATUSES = frozenset({404, 410})
 # years-old file is still revalidated daily.
 HEURISTIC_FRACTION = 0.1
 HEURISTIC_CAP = 86400.0
-SAFE_METHODS = frozenset({"GET", "HEAD"})
-UNSAFE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+# Methods served from the cache; any other bypasses it.
+CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+# RFC 9110 9.2.1: the methods known to be safe.  Every other one (POST, PUT, M-SEARCH, any
+# extension method) invalidates what is stored for its target (RFC 9111 4.4).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# RFC 9110 5.6.7: the three HTTP-date formats, exactly (case, spacing and all).  A value a
+# lenient parser would guess at (2-digit year with a short day name, "UTC", no comma, two
+# spaces, dashes, periods, a 1-digit hour) is not a date: an ``Expires`` holding one means
+# "already expired" (RFC 9111 5.3), which guessing would turn into "fresh for years".
+_DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTH = "(" + "|".join(_MONTHS) + ")"
+_TIME = r"(\d\d):(\d\d):(\d\d)"
+_IMF_FIXDATE = re.compile(_DAY + r", (\d\d) " + _MONTH + r" (\d{4}) " + _TIME + " GMT")
+_RFC850 = re.compile(r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
+                     r"(\d\d)-" + _MONTH + r"-(\d\d) " + _TIME + " GMT")
+_ASCTIME = re.compile(_DAY + " " + _MONTH + r" ([ \d]\d) " + _TIME + r" (\d{4})")
 
 
 def cache_control(headers: Headers) -> dict[str, str | None]:
@@ -39,26 +55,44 @@ def cache_control(headers: Headers) -> dict[str, str | None]:
     return out
 
 
-def http_date(value: str | None) -> float | None:
-    """An HTTP date as a POSIX timestamp, or None when absent or malformed."""
+def http_date(value: str | None, now: float | None = None) -> float | None:
+    """An HTTP-date (RFC 9110 5.6.7) as a POSIX timestamp, or None when absent or not
+    exactly one of its three formats.  A two-digit rfc850 year more than 50 years after
+    ``now`` is taken as the most recent past year with those digits."""
     if not value:
         return None
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
+    value = value.strip(" \t")
+    if m := _IMF_FIXDATE.fullmatch(value):
+        day, month, year, hh, mm, ss = m.groups()
+    elif m := _ASCTIME.fullmatch(value):
+        month, day, hh, mm, ss, year = m.groups()
+    elif m := _RFC850.fullmatch(value):
+        day, month, yy, hh, mm, ss = m.groups()
+        year = str(_full_year(int(yy), now))
+    else:
         return None
+    fields = (int(year), _MONTHS.index(month) + 1, int(day.strip()), int(hh), int(mm), int(ss))
+    if not (1 <= fields[2] <= 31 and fields[3] < 24 and fields[4] < 60 and fields[5] < 61):
+        return None
+    return float(calendar.timegm(fields + (0, 0, 0)))
+
+
+def _full_year(yy: int, now: float | None) -> int:
+    this_year = 1970 + int((now or 0.0) // 31556952) if now else 2000
+    year = this_year - this_year % 100 + yy
+    return year - 100 if year > this_year + 50 else year
 
 
 def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(int(value))) if value is not None else None
-    except ValueError:
+    """A delta-seconds value (RFC 9111 1.2.2: digits only), or None."""
+    if value is None or not value.isascii() or not value.isdigit():
         return None
+    return float(int(value))
 
 
 def bypass_reason(method: str, headers: Headers, rule: Rule) -> str | None:
     """Why a request must go straight through, unstored (None: it may use the cache)."""
-    if method not in SAFE_METHODS:
+    if method not in CACHEABLE_METHODS:
         return "method"
     if "authorization" in headers:
         return "authorization"
@@ -78,48 +112,75 @@ def store_refusal(rule: Rule, status: int, headers: Headers) -> str | None:
         return "private"
     if "set-cookie" in headers:
         return "set-cookie"
-    if headers.get("vary", "").strip() == "*":
+    if vary_star(headers.get("vary")):
         return "vary-star"
     if rule.policy is Policy.STANDARD:
         if status not in HEURISTIC_STATUSES:
             return "status"
-        if standard_lifetime(status, headers) == 0 and not has_validator(headers):
-            return "no-freshness"
-        return None
-    if status != 200 and status not in NEGATIVE_STATUSES:
+    elif status != 200 and status not in NEGATIVE_STATUSES:
         return "status"
+    # A negative without freshness information lives ``negative_ttl`` (our heuristic).
+    own_lifetime = has_freshness(headers) or (
+        rule.policy is Policy.STANDARD and status not in NEGATIVE_STATUSES)
+    if own_lifetime and standard_lifetime(status, headers) == 0 and not has_validator(headers):
+        return "no-freshness"
     return None
+
+
+def vary_star(value: str | None) -> bool:
+    """``Vary`` names ``*`` (in any member of the list, on any of its lines): the response
+    is never reused for a later request (RFC 9110 12.5.5)."""
+    return value is not None and any(part.strip() == "*" for part in value.split(","))
+
+
+def has_freshness(headers: Headers) -> bool:
+    """The response says itself how long it stays fresh (or that it does not)."""
+    cc = cache_control(headers)
+    return "expires" in headers or any(
+        d in cc for d in ("max-age", "s-maxage", "no-cache", "no-store"))
 
 
 def has_validator(headers: Headers) -> bool:
     return "etag" in headers or "last-modified" in headers
 
 
-def lifetime(rule: Rule, status: int, headers: Headers, negative_ttl: float) -> float:
-    """Seconds a stored response stays fresh (``math.inf`` for immutable objects)."""
+def lifetime(rule: Rule, status: int, headers: Headers, negative_ttl: float,
+             received: float | None = None) -> float:
+    """Seconds a stored response stays fresh (``math.inf`` for immutable objects).
+
+    A 404/410 that carries its own freshness information follows it (under a catalogue
+    rule capped at ``negative_ttl``: a package published a minute later must appear);
+    ``negative_ttl`` is for those that carry none."""
     if status in NEGATIVE_STATUSES:
-        return min(negative_ttl, standard_lifetime(status, headers) or negative_ttl)
+        if not has_freshness(headers):
+            return negative_ttl
+        own = standard_lifetime(status, headers, received)
+        return own if rule.policy is Policy.STANDARD else min(negative_ttl, own)
     if rule.policy is Policy.IMMUTABLE:
         return math.inf
     if rule.policy is Policy.REVALIDATE:
         return float(rule.ttl)
-    return standard_lifetime(status, headers)
+    return standard_lifetime(status, headers, received)
 
 
-def standard_lifetime(status: int, headers: Headers) -> float:
-    """RFC 9111 4.2.1 freshness lifetime for a shared cache (0: revalidate every time)."""
+def standard_lifetime(status: int, headers: Headers, received: float | None = None) -> float:
+    """RFC 9111 4.2.1 freshness lifetime for a shared cache (0: revalidate every time).
+
+    ``Expires`` counts from the response's ``Date`` (so a skewed origin clock cancels
+    out), or from ``received`` when it has none; an ``Expires`` that is not an HTTP-date
+    (or several of them) means already expired."""
     cc = cache_control(headers)
     if "no-cache" in cc:
         return 0.0
     for directive in ("s-maxage", "max-age"):
         if directive in cc:
             return _seconds(cc[directive]) or 0.0
-    expires = http_date(headers.get("expires")) if "expires" in headers else None
+    date = http_date(headers.get("date"), received)
     if "expires" in headers:
-        date = http_date(headers.get("date"))
-        return max(0.0, expires - date) if expires is not None and date is not None else 0.0
-    last_modified = http_date(headers.get("last-modified"))
-    date = http_date(headers.get("date"))
+        expires = http_date(headers["expires"], received)
+        base = date if date is not None else received
+        return max(0.0, expires - base) if expires is not None and base is not None else 0.0
+    last_modified = http_date(headers.get("last-modified"), received)
     if status in HEURISTIC_STATUSES and last_modified is not None and date is not None:
         return min(HEURISTIC_CAP, max(0.0, (date - last_modified) * HEURISTIC_FRACTION))
     return 0.0
@@ -145,14 +206,29 @@ def freshness(rule: Rule, status: int, headers: Headers, request_time: float,
               response_time: float, negative_ttl: float) -> Freshness:
     """Freshness of a response received at ``response_time`` for a request sent at
     ``request_time`` (RFC 9111 4.2.3 age calculation)."""
-    date = http_date(headers.get("date"))
+    return Freshness(lifetime(rule, status, headers, negative_ttl, response_time),
+                     response_time, initial_age(headers, request_time, response_time),
+                     not _forbids_stale(rule, headers))
+
+
+def initial_age(headers: Headers, request_time: float, response_time: float) -> float:
+    """RFC 9111 4.2.3 ``corrected_initial_age``: the upstream's ``Age`` plus the transit
+    time, or the age the ``Date`` implies when that is larger."""
+    date = http_date(headers.get("date"), response_time)
     apparent = max(0.0, response_time - date) if date is not None else 0.0
-    corrected = (_seconds(headers.get("age")) or 0.0) + (response_time - request_time)
+    corrected = (age_value(headers.get("age")) or 0.0) + max(0.0, response_time - request_time)
+    return max(apparent, corrected)
+
+
+def age_value(value: str | None) -> float | None:
+    """An ``Age`` field: the first of its values, when it is a number of seconds."""
+    return _seconds(value.split(",")[0].strip()) if value else None
+
+
+def _forbids_stale(rule: Rule, headers: Headers) -> bool:
     cc = cache_control(headers)
-    forbid_stale = rule.policy is Policy.STANDARD and (
+    return rule.policy is Policy.STANDARD and (
         "must-revalidate" in cc or "proxy-revalidate" in cc or "s-maxage" in cc)
-    return Freshness(lifetime(rule, status, headers, negative_ttl), response_time,
-                     max(apparent, corrected), not forbid_stale)
 
 
 def request_forces_revalidation(headers: Headers) -> bool:
@@ -163,5 +239,6 @@ def request_forces_revalidation(headers: Headers) -> bool:
 
 
 def invalidates(method: str, status: int) -> bool:
-    """RFC 9111 4.4: a successful unsafe request invalidates the stored target URI."""
-    return method in UNSAFE_METHODS and 200 <= status < 400
+    """RFC 9111 4.4: a non-error response to a method not known to be safe invalidates
+    what is stored for the target URI."""
+    return method not in SAFE_METHODS and 200 <= status < 400

@@ -32,6 +32,9 @@ class Rule:
     policy: Policy
     ttl: int = 0  # freshness lifetime for ``revalidate``, seconds
     digest: str = ""  # a digest scheme the entry's ecosystem checks ("" = none)
+    # Its shared fetches carry every end-to-end request header, not only the narrow list
+    # (``headers.shared_request_headers``): set for rules users add in the config.
+    end_to_end_headers: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_regex", re.compile(self.pattern))
@@ -117,6 +120,10 @@ class Upstream:
     scheme: str = "https"
     origin: str = ""
     ecosystem: Ecosystem = PLAIN
+    # Every end-to-end request header goes upstream (entries users add: an artifact
+    # server may need an API version or a custom header); built-in ones keep the narrow
+    # list, which tells the public registries nothing about the builds.
+    end_to_end_headers: bool = False
 
     def serves(self, host: str) -> bool:
         return any(host_matches(pattern, host) for pattern in self.hosts)
@@ -126,6 +133,10 @@ class Upstream:
             if rule.matches(path):
                 return rule
         return STANDARD_RULE
+
+    def forwards_end_to_end(self, rule: Rule) -> bool:
+        """Whether a shared fetch under ``rule`` carries every end-to-end header."""
+        return self.end_to_end_headers or rule.end_to_end_headers
 
     def upstream_url(self, host: str, path_and_query: str) -> str:
         base = self.origin.rstrip("/") if self.origin else f"{self.scheme}://{host}"

@@ -7,6 +7,7 @@ modules (catalogue, policy, keys, ranges, conditional) for every choice.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from gateway.cache.fetcher import Fetcher, header_dict
 from gateway.cache.flight import Failed, Flights, Outcome, Retry, Stored, Streaming, Target
 from gateway.cache.headers import as_dict, passthrough_request_headers
 from gateway.front.accesslog import AccessLog
+from gateway.front.client_errors import LogBudget
 from gateway.cache.keys import base_key, normalise_path, variant_key
 from gateway.cache.policy import bypass_reason, invalidates, request_forces_revalidation
 from gateway.cache.ranges import UNSATISFIABLE, if_range_allows, parse_range
@@ -45,6 +47,9 @@ SMALL_BODY = 64 * 1024
 
 # What proxy clients' requests for hosts outside the catalogue are counted under.
 OTHER_HOSTS = Upstream("other", (), (Rule("", Policy.PASS),), scheme="http")
+# A Host a URI can carry (RFC 3986 3.2.2), lower case: a name or an IP literal.  Anything
+# else (spaces, non-ASCII bytes, "@") is a bad request, never a name to look up.
+_HOST = re.compile(r"[a-z0-9_.-]+|\[?[0-9a-f:.]+\]?")
 
 
 @dataclass
@@ -84,6 +89,7 @@ class Gateway:
         self._routes: dict[tuple[str, str], tuple | None] = {}  # fast-path memos
         self._routes_for = config.upstreams
         self._heads: dict[str, tuple[Entry, bytes]] = {}
+        self.client_errors = LogBudget(reactor.seconds)  # bounds the warn lines they cost
 
     # -- routing ---------------------------------------------------------------------
 
@@ -247,8 +253,7 @@ class Gateway:
 
     def _invalidate(self, outcome: Outcome, ex: Exchange) -> Outcome:
         if isinstance(outcome, Streaming) and invalidates(ex.method, outcome.status):
-            base = base_key(ex.host, ex.path)
-            self.store.delete(variant_key(base, self.store.vary(base), ex.headers))
+            self.store.delete_variants(base_key(ex.host, ex.path))
         return outcome
 
     # -- answering -------------------------------------------------------------------
@@ -393,9 +398,18 @@ class Gateway:
         if ex is not None:
             self._log(ex, status, "ERROR", 0)
         else:
-            log.warn("{client} {method} {uri}: {status} {reason}",
-                     client=_client(request), method=request.method.decode("latin-1"),
-                     uri=request.uri.decode("latin-1"), status=status, reason=reason)
+            self.warn_client("{client} {method} {uri}: {status} {reason}",
+                             client=_client(request), method=_printable(request.method),
+                             uri=_printable(request.uri), status=status, reason=reason)
+
+    def warn_client(self, format: str, **fields: object) -> None:
+        """A ``warn`` line about bad client input, within ``client_errors``' budget."""
+        suppressed = self.client_errors.take()
+        if suppressed is None:
+            return
+        if suppressed:
+            format += " ({suppressed} more bad requests not logged)"
+        log.warn(format, suppressed=suppressed, **fields)
 
     def _bug(self, failure: Failure, ex: Exchange) -> None:
         log.failure("error serving {host}{path}", failure, host=ex.host, path=ex.path)
@@ -426,6 +440,13 @@ def _replay_headers(request: server.Request, pairs: list[tuple[str, str]]) -> No
         request.responseHeaders.addRawHeader(name, value)
 
 
+def _printable(raw: bytes, limit: int = 200) -> str:
+    """Client bytes as a log field: escaped (no control characters reach the log) and
+    cut short."""
+    text = raw[:limit].decode("latin-1").encode("unicode_escape").decode("ascii")
+    return text + ("..." if len(raw) > limit else "")
+
+
 def _client(request: server.Request) -> str:
     peer = request.getClientAddress()
     return getattr(peer, "host", "?")
@@ -446,15 +467,27 @@ def request_target(request: server.Request) -> tuple[str, str] | None:
     uri = request.uri.decode("latin-1")
     if uri.startswith(("http://", "HTTP://")):
         parts = urlsplit(uri)
-        host, path = parts.hostname or "", (parts.path or "/") + (
-            f"?{parts.query}" if parts.query else "")
+        try:
+            host = parts.hostname or ""
+        except ValueError:
+            return None
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if not _URI.fullmatch(uri):
+            return None
     else:
-        host, path = host_of(request.getHeader("host") or "") or "", uri
+        # Raw bytes: twisted.web's ``getHeader`` decodes as UTF-8 and raises on others.
+        raw = request.requestHeaders.getRawHeaders(b"host") or [b""]
+        if len(raw) != 1:  # RFC 9112 3.2: several Host fields are a bad request
+            return None
+        host, path = host_of(raw[0].decode("latin-1")) or "", uri
     host = host.lower().rstrip(".")
     path = normalise_path(path)
-    if not host or path is None:
+    if not _HOST.fullmatch(host) or path is None:
         return None
     return host, path
+
+
+_URI = re.compile(r"[\x21-\x7e]+")
 
 
 class GatewayResource(Resource):
