@@ -31,6 +31,8 @@ import functools
 import gzip
 import hashlib
 import io
+import shutil
+import subprocess
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -287,6 +289,64 @@ def tampered(repo: AlpineRepo, name: str) -> bytes:
     control stream (datahash) differs, so it disagrees with the index's ``C:``."""
     version, depends, size = PACKAGES[name]
     return build_package(name, version, depends, size, repo.key, seed=f"tampered/{name}").data
+
+
+# --- the client side: an Alpine image's root filesystem --------------------------------
+
+BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
+
+
+def alpine_root(path: Path, apk: Path, repo: AlpineRepo, repository: str,
+                roots: list[Path], apk_ca_pem: bool = False) -> Path:
+    """An Alpine image's filesystem as far as apk is concerned: ``/sbin/apk`` (the
+    static build), busybox with its applet links (``/bin/sh``...) when this machine has
+    it, ``repository`` in ``/etc/apk/repositories`` and the repository's key in
+    ``/etc/apk/keys``, an empty installed-database, and Alpine's CA layout holding
+    ``roots`` (the public roots a stock image trusts): the bundle
+    ``/etc/ssl/certs/ca-certificates.crt`` with ``/etc/ssl/cert.pem`` a link to it.
+    ``apk_ca_pem``: the roots also in ``/etc/apk/ca.pem``, which apk then reads alone.
+
+    This apk.static is linked with Debian's libssl.a, whose OpenSSL directory is
+    ``/usr/lib/ssl``; Alpine's is ``/etc/ssl``.  ``/usr/lib/ssl`` links to ``/etc/ssl``
+    here, so the binary reads the very files Alpine's apk reads."""
+    for sub in ("sbin", "bin", "tmp", "dev", "etc/apk", "etc/ssl/certs", "usr/lib", "root"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy(apk, path / "sbin/apk")
+    if BUSYBOX.exists():
+        shutil.copy(BUSYBOX, path / "bin/busybox")
+        applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        for applet in applets:
+            link = path / "bin" / applet
+            if not link.exists():
+                link.symlink_to("busybox")
+    (path / "etc/apk/repositories").write_text(repository + "\n")
+    repo.install_key(path)
+    bundle = b"".join(r.read_bytes() for r in roots)
+    (path / "etc/ssl/certs/ca-certificates.crt").write_bytes(bundle)
+    (path / "etc/ssl/cert.pem").symlink_to("certs/ca-certificates.crt")
+    if apk_ca_pem:
+        (path / "etc/apk/ca.pem").write_bytes(bundle)
+    (path / "usr/lib/ssl").symlink_to("../../etc/ssl")
+    (path / "etc/hosts").write_text("127.0.0.1 localhost\n")
+    (path / "etc/nsswitch.conf").write_text("hosts: files dns\n")
+    done = subprocess.run([str(apk), "--root", str(path), "add", "--initdb", "--quiet",
+                           "--repositories-file", "/dev/null"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+def installed(root: Path, repo: AlpineRepo, name: str = TOP) -> list[str]:
+    """What is wrong with ``root`` after ``apk add name`` (empty: all is well)."""
+    problems = []
+    for rel, data in repo.installed_files(name).items():
+        file = root / rel
+        if not file.is_file() or file.read_bytes() != data:
+            problems.append(f"{rel}: {'wrong content' if file.is_file() else 'missing'}")
+    db = (root / "lib/apk/db/installed").read_text()
+    problems += [f"{name} not in the installed database" for name in repo.packages
+                 if f"\nP:{name}\n" not in "\n" + db]
+    return problems
 
 
 # --- gzip streams (what a verifier of ``C:`` needs) ----------------------------------
