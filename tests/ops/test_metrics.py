@@ -1,0 +1,99 @@
+"""The operator's series on ``/metrics`` against a gateway in this process: request
+durations, upstream requests and errors by kind, integrity failures, the engine's pure
+error classification; each counted series has a case that leaves it at zero."""
+
+from __future__ import annotations
+
+import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer, error
+from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseNeverReceived
+
+from gateway.cache.events import EngineEvents, failure_kind
+from gateway.cache.stats import Histogram
+from tests.admin_gateways import ALPINE_HOST, PYPI_HOST, admin, serve_two
+from tests.fixtures import counter_bytes, put_object
+from tests.http_client import fetch
+
+BAD_WHEEL = "/packages/aa/bb/" + "0" * 60 + "/bad-1.0-py3-none-any.whl"
+
+
+@defer.inlineCallbacks
+def scrape(gw):  # type: ignore[no-untyped-def]
+    reply = yield admin(gw, "GET", "/metrics")
+    assert reply.status == 200
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(reply.body.decode())
+            for s in family.samples}
+
+
+def test_histogram_buckets_are_cumulative_with_inf_last():
+    h = Histogram((0.1, 1.0))
+    for value in (0.05, 0.1, 0.5, 7.0):
+        h.observe(value)
+    assert h.cumulative() == [("0.1", 2), ("1.0", 3), ("+Inf", 4)]
+    assert h.count == 4 and abs(h.total - 7.65) < 1e-9
+
+
+def test_failure_kinds_see_through_the_http_clients_wrapping():
+    wrapped = Failure(ResponseNeverReceived([Failure(error.TimeoutError())]))
+    assert failure_kind(wrapped) == "timeout"
+    assert failure_kind(Failure(error.ConnectionRefusedError())) == "connect"
+    assert failure_kind(Failure(error.DNSLookupError("x"))) == "connect"
+    assert failure_kind(Failure(ResponseNeverReceived([Failure(error.ConnectionLost())]))) \
+        == "reset"
+    assert failure_kind(Failure(defer.TimeoutError())) == "timeout"
+    assert failure_kind(Failure(KeyError("?"))) == "other"
+    events = EngineEvents()
+    events.upstream_error("pypi", "made-up")
+    assert events.upstream_errors == {("pypi", "other"): 1}
+
+
+@pytest_twisted.inlineCallbacks
+def test_request_durations_and_upstream_requests_count_what_was_served(bare_origin,
+                                                                        admin_gateway):
+    gw = admin_gateway(bare_origin.url)
+    yield serve_two(bare_origin, gw)
+    s = yield scrape(gw)
+    count = "cachegate_request_duration_seconds_count"
+    assert s[(count, (("ecosystem", "pypi"), ("label", "MISS")))] == 1
+    assert s[(count, (("ecosystem", "pypi"), ("label", "HIT")))] == 1
+    assert s[(count, (("ecosystem", "alpine"), ("label", "MISS")))] == 1
+    inf = (("ecosystem", "pypi"), ("label", "HIT"), ("le", "+Inf"))
+    assert s[("cachegate_request_duration_seconds_bucket", inf)] == 1
+    assert s[("cachegate_upstream_requests_total", (("ecosystem", "pypi"),))] == 1
+    assert s[("cachegate_upstream_fetch_duration_seconds_count", (("ecosystem", "alpine"),))] == 1
+    assert not any(name == "cachegate_upstream_errors_total" for name, _ in s)
+    assert not any(name == "cachegate_integrity_failures_total" for name, _ in s)
+    assert s[("cachegate_stale_responses_total", (("ecosystem", "pypi"),))] == 0
+    assert s[("cachegate_passthrough_rejections_total", ())] == 0
+    assert s[("cachegate_cache_evictions_total", ())] == 0
+    assert ("cachegate_dns_forward_duration_seconds_count", ()) in s
+    labels = {dict(key).get(k) for _, key in s for k in ("client", "url", "path")}
+    assert labels == {None}, "no client or URL labels"
+
+
+@pytest_twisted.inlineCallbacks
+def test_upstream_errors_by_kind_and_integrity_failures(bare_origin, admin_gateway):
+    gw = admin_gateway(bare_origin.url)
+    put_object(bare_origin.root, "pypi", BAD_WHEEL, counter_bytes(3000, b"not what it says"))
+    try:  # the body does not match the blake2b its URL names: aborted, never stored
+        yield fetch(gw.port, PYPI_HOST, BAD_WHEEL)
+    except Exception:
+        pass
+    apk = "/alpine/v3.19/main/x86_64/b-1.0-r0.apk"
+    put_object(bare_origin.root, "alpine", apk, b"apk")
+    bare_origin.behave("/alpine" + apk, status=503)
+    reply = yield fetch(gw.port, ALPINE_HOST, apk)
+    assert reply.status == 503
+    yield bare_origin.stop_serving()
+    reply = yield fetch(gw.port, ALPINE_HOST, apk.replace("b-1.0", "c-1.0"))
+    assert reply.status == 502
+    s = yield scrape(gw)
+    assert s[("cachegate_integrity_failures_total", (("ecosystem", "pypi"),
+                                                     ("stage", "download")))] == 1
+    errors = {dict(k)["kind"]: v for (name, k), v in s.items()
+              if name == "cachegate_upstream_errors_total" and dict(k)["ecosystem"] == "alpine"}
+    assert errors == {"5xx": 1, "connect": 1}
+    assert s[("cachegate_upstream_requests_total", (("ecosystem", "alpine"),))] == 2
