@@ -4,7 +4,8 @@
         shell assignments: STATE_DIR, ADMIN_URL, TRUST_IMAGES (trust.images, space-separated)
     python -m gateway.ops.hostsetup [--config FILE] wait [--timeout S] [--pid N]
         until /healthz answers and our DNS answers a local name; prints the address
-        Docker's DNS must point at
+        Docker's DNS must point at.  The DNS probe is sent from the address it asks
+        (``dig -b``); a REFUSED answer fails at once, with exit status 3 and the fix
     python -m gateway.ops.hostsetup set-dns FILE ADDRESS
         merge "dns": [ADDRESS] into Docker's daemon.json, every other key kept; the
         original is kept beside it once (FILE.cachegate-backup, or FILE.cachegate-absent
@@ -12,7 +13,7 @@
     python -m gateway.ops.hostsetup restore-dns FILE
         put the original back byte for byte; prints "restored", "removed" or "untouched"
 
-Exit status 1 with ``error: …`` on stderr for a known failure.
+Exit status 1 with ``error: …`` on stderr for a known failure (3: DNS refused us).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from dnslib import QTYPE, DNSRecord
+from dnslib import QTYPE, RCODE, DNSRecord
 
 from gateway.addresses import listen_addresses
 from gateway.ops.admin_client import AdminClient, admin_url
@@ -40,7 +42,13 @@ POLL = 0.2
 
 
 class SetupError(Exception):
-    pass
+    status = 1
+
+
+class RefusedError(SetupError):
+    """Our DNS answered the probe, with REFUSED: waiting longer changes nothing."""
+
+    status = 3
 
 
 def shell_env(config: Config) -> str:
@@ -75,15 +83,35 @@ def _health(client: AdminClient) -> dict[str, Any] | None:
 
 
 def _dns_answers(config: Config, name: str) -> bool:
+    """Whether our DNS answers ``name`` with an address; RefusedError if it refuses."""
     if not config.dns.port:
         return True
     address = listen_addresses(config.server.listen)[0]
-    try:
-        reply = DNSRecord.parse(DNSRecord.question(name, "A").send(address, config.dns.port,
-                                                                   timeout=1.0))
-    except Exception:  # noqa: BLE001 - no answer, or garbage: not ready
-        return False
-    return any(rr.rtype == QTYPE.A for rr in reply.rr)
+    reply = dns_probe(address, config.dns.port, name)
+    if reply is not None and reply.header.rcode == RCODE.REFUSED:
+        raise RefusedError(
+            f"the gateway's DNS at {address} port {config.dns.port} REFUSED a query from "
+            f"{address}, an address of this host; cachegate answers those whatever dns.allow "
+            f"says, so an older cachegate or another DNS server is answering there. Fix: stop "
+            f"that server, or add \"{address}/32\" to dns.allow in {config.source} and "
+            f"restart the gateway")
+    return reply is not None and any(rr.rtype == QTYPE.A for rr in reply.rr)
+
+
+def dns_probe(address: str, port: int, name: str, timeout: float = 1.0) -> DNSRecord | None:
+    """One UDP query for ``name`` to ``address``, sent from ``address`` itself (as ``dig
+    -b``): left to the kernel, the source may be the host's primary address (issue 13:
+    192.0.2.2, a public address no dns.allow names).  None when nothing (or garbage)
+    comes back."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.bind((address, 0))
+            s.sendto(DNSRecord.question(name, "A").pack(), (address, port))
+            return DNSRecord.parse(s.recv(4096))
+        except Exception:  # noqa: BLE001 - no answer, or garbage: not ready
+            return None
 
 
 def process_alive(pid: int) -> bool:
@@ -186,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(shell_env(config))
             else:
                 print(wait_ready(config, args.timeout, args.pid))
-    except (SetupError, ConfigError, OSError) as e:
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.status
+    except (ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
