@@ -162,7 +162,8 @@ class AdminAPI:
     def live(self) -> Live:
         top = self.top
         return Live(top.stats.durations, top.gateway.flights.events,
-                    top.dns_stats.forward_seconds, top.store.evictions)
+                    top.dns_stats.forward_seconds, top.store.evictions,
+                    tuple(u.name for u in top.config.upstreams))
 
     def cache_list(self, ecosystem: str | None, prefix: str | None, limit: int) -> dict[str, Any]:
         return list_cache(self.top.store, ecosystem, prefix, limit)

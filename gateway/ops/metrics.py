@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                    HistogramMetricFamily, Metric)
 
-from gateway.cache.events import EngineEvents
+from gateway.cache.events import ERROR_KINDS, EngineEvents
 from gateway.cache.stats import Histogram
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -49,10 +49,11 @@ class GatewayCollector:
 
     def collect(self) -> Iterator[Metric]:
         doc = self.snapshot()
-        yield from _requests(doc["gateway"])
+        live = self.live() if self.live is not None else None
+        yield from _requests(doc["gateway"], live.ecosystems if live is not None else ())
         yield from _passthrough(doc.get("passthrough", {}))
-        if self.live is not None:
-            yield from _live(self.live())
+        if live is not None:
+            yield from _live(live)
         yield from _dns(doc["dns"])
         yield from _cache(doc["cache"], doc["downloads"])
         tls = doc["tls"]
@@ -65,7 +66,7 @@ class GatewayCollector:
                                 value=doc["uptime"])
 
 
-def _requests(stats: dict[str, Any]) -> Iterator[Metric]:
+def _requests(stats: dict[str, Any], names: tuple[str, ...] = ()) -> Iterator[Metric]:
     requests = CounterMetricFamily("cachegate_requests", "Requests answered, by ecosystem and "
                                    "how (HIT, MISS, REVALIDATED, STALE, PASS, ERROR)",
                                    labels=["ecosystem", "label"])
@@ -80,10 +81,13 @@ def _requests(stats: dict[str, Any]) -> Iterator[Metric]:
     for ecosystem, tally in stats["ecosystems"].items():
         for label, count in sorted(tally["requests"].items()):
             requests.add_metric([ecosystem, label], count)
-        stale.add_metric([ecosystem], tally["requests"].get("STALE", 0))
         sent.add_metric([ecosystem, "cache"], tally["bytes_from_cache"])
         sent.add_metric([ecosystem, "upstream"], tally["bytes_from_upstream"])
         ratio.add_metric([ecosystem], tally["hit_ratio"])
+    stale_counts = {name: tally["requests"].get("STALE", 0)
+                    for name, tally in stats["ecosystems"].items()}
+    for ecosystem, count in sorted(_zeros(stale_counts, names).items()):
+        stale.add_metric([ecosystem], count)
     yield requests
     yield sent
     yield ratio
@@ -123,9 +127,12 @@ class Live:
     engine's counters (``GatewayService`` parts, named so tests can build one)."""
 
     def __init__(self, durations: dict, events: EngineEvents, dns_forward: Histogram,
-                 evictions: int) -> None:
+                 evictions: int, ecosystems: tuple[str, ...] = ()) -> None:
         self.durations, self.events = durations, events
         self.dns_forward, self.evictions = dns_forward, evictions
+        # The catalogue's names: their counters are shown at 0 before the first event, so
+        # ``increase()`` in an alert sees the first one (a series born at 1 shows none).
+        self.ecosystems = ecosystems
 
 
 def _histogram(name: str, doc: str, labels: list[str],
@@ -144,21 +151,29 @@ def _live(live: Live) -> Iterator[Metric]:
     yield _histogram("cachegate_upstream_fetch_duration_seconds", "Seconds from an upstream "
                      "request to its response head, by ecosystem", ["ecosystem"],
                      (([name], h) for name, h in sorted(events.fetch_seconds.items())))
+    names = live.ecosystems
     yield _counter("cachegate_upstream_requests", "Upstream requests sent (answered or not), "
-                   "by ecosystem", ["ecosystem"], events.requests)
+                   "by ecosystem", ["ecosystem"], _zeros(events.requests, names))
     yield _counter("cachegate_upstream_errors", "Upstream requests that failed, by ecosystem "
                    "and kind (connect, tls, timeout, 5xx, reset, other)", ["ecosystem", "kind"],
-                   events.upstream_errors)
+                   _zeros(events.upstream_errors, names, ERROR_KINDS))
     yield _counter("cachegate_integrity_failures", "Bodies that did not match their length "
                    "or digest, by ecosystem and stage (download: never stored; stored: "
-                   "damaged on disk, dropped)", ["ecosystem", "stage"], events.integrity_failures)
+                   "damaged on disk, dropped)", ["ecosystem", "stage"],
+                   _zeros(events.integrity_failures, names, ("download", "stored")))
     yield _counter("cachegate_drift_events", "Immutable URLs whose bytes changed upstream "
-                   "since first stored, by ecosystem", ["ecosystem"], events.drift)
+                   "since first stored, by ecosystem", ["ecosystem"], _zeros(events.drift, names))
     yield _histogram("cachegate_dns_forward_duration_seconds", "Seconds the forwarders took "
                      "to answer (or fail) a forwarded DNS query", [],
                      iter([([], live.dns_forward)]))
     yield CounterMetricFamily("cachegate_cache_evictions", "Objects evicted to keep the store "
                               "under its size limit", value=live.evictions)
+
+
+def _zeros(counts: dict, names: tuple[str, ...], second: tuple[str, ...] = ()) -> dict:
+    """``counts`` with a 0 for every name (and every name, second pair) not in it yet."""
+    keys = [(name, other) for name in names for other in second] if second else list(names)
+    return {**dict.fromkeys(keys, 0), **counts}
 
 
 def _counter(name: str, doc: str, labels: list[str], counts: dict) -> CounterMetricFamily:
