@@ -51,6 +51,7 @@ class ServerConfig:
     https_port: int = 443
     proxy_port: int = 0
     admin: tuple[str, int] = ("127.0.0.1", 3129)
+    workers: int = 1  # HTTP(S) worker processes; 1 = everything in one process
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,8 @@ def _table(data: dict[str, Any], name: str, source: str) -> dict[str, Any]:
 
 def _server(r: _Reader) -> ServerConfig:
     d = ServerConfig()
-    r.reject_unknown({"state_dir", "listen", "http_port", "https_port", "proxy_port", "admin"})
+    r.reject_unknown({"state_dir", "listen", "http_port", "https_port", "proxy_port", "admin",
+                      "workers"})
     return ServerConfig(
         state_dir=Path(r.get("state_dir", str, str(d.state_dir))).expanduser(),
         listen=r.each("listen", d.listen, _listen_address),
@@ -228,7 +230,23 @@ def _server(r: _Reader) -> ServerConfig:
         https_port=r.port("https_port", d.https_port, allow_zero=True),
         proxy_port=r.port("proxy_port", d.proxy_port, allow_zero=True),
         admin=r.convert("admin", str, "%s:%d" % d.admin, parse_host_port),
+        workers=r.convert("workers", (int, str), d.workers, parse_workers),
     )
+
+
+# More workers than this is a typo, not a host: each is a whole Python process.
+MAX_WORKERS = 256
+
+
+def parse_workers(value: int | str) -> int:
+    """``"auto"`` (one per core this process may run on) or a count from 1."""
+    if value == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    if isinstance(value, str):
+        raise ValueError('expected "auto" or a number of processes')
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"must be between 1 and {MAX_WORKERS}")
+    return value
 
 
 def _dns(r: _Reader) -> DnsConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import time
 import uuid
@@ -32,6 +33,10 @@ VARY_MEMO_SIZE = 65536
 # query and no JSON decoding (a third of a small hit's time).  About 2 KB each.
 HOT_ENTRIES = 8192
 MODE_OBJECT = 5  # beyond diskcache's own modes (0-4): JSON metadata + a body file
+# SQLite's busy timeout: a write meeting another process's transaction waits this long,
+# then fails (a store that is not written is a miss served anyway).  diskcache's default,
+# 60 s, would stall the reactor that asked.
+BUSY_SECONDS = 0.25
 _VARY_PREFIX = "vary\n"
 _SUITE_PREFIX = "apt-suite\n"
 
@@ -148,10 +153,15 @@ class Store:
     """Objects by key, plus the small records that steer lookups (Vary, apt suites)."""
 
     def __init__(self, directory: Path, size_limit: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, worker: str = "") -> None:
+        """``worker`` names one of several processes sharing the store (``workers.py``):
+        its downloads go to ``partial/<worker>/`` and only its own debris is cleaned; it
+        never evicts (the supervisor does, ``evict``), and its memos notice other
+        processes' commits.  Without it, this process is the only one."""
         self.directory = directory
         self.clock = clock
-        self.partial_dir = directory / "partial"
+        self.worker = worker
+        self.partial_dir = directory / "partial" / worker if worker else directory / "partial"
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         removed = self._clean_partials()
         if removed:
@@ -161,9 +171,11 @@ class Store:
         # Least-recently-used eviction, done here rather than by diskcache: its LRU policy
         # makes every hit a write transaction (access time), and its cull drops ten
         # entries per insert.  Hits are reads; their access times are written in batches
-        # (``flush_access``), and ``_evict`` drops only as many entries as the limit needs.
+        # (``flush_access``), and ``evict`` drops only as many entries as the limit needs.
         self.cache = diskcache.Cache(str(directory / "objects"), disk=BodyDisk,
-                                     size_limit=size_limit, cull_limit=0, eviction_policy="none")
+                                     size_limit=size_limit, cull_limit=0, eviction_policy="none",
+                                     timeout=BUSY_SECONDS)
+        self._version = self._data_version() if worker else 0
         self.cache._sql("CREATE INDEX IF NOT EXISTS Cache_access_time ON Cache (access_time)")
         self.by_digest = _content_index(self.cache)
         for statement in _SIDE_TABLES:
@@ -176,9 +188,25 @@ class Store:
     def _clean_partials(self) -> int:
         count = 0
         for path in self.partial_dir.iterdir():
-            path.unlink(missing_ok=True)
+            if path.is_dir():  # a worker's (at the supervisor's start: all are debris)
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             count += 1
         return count
+
+    def _data_version(self) -> int:
+        """SQLite's counter of commits made by *other* connections to the database."""
+        return self.cache._sql("PRAGMA data_version").fetchone()[0]
+
+    def _notice_other_writers(self) -> None:
+        """Forget the memos when another process has committed since we last looked: a
+        memo must never name a body that was evicted, cleared or replaced meanwhile."""
+        version = self._data_version()
+        if version != self._version:
+            self._version = version
+            self._hot.clear()
+            self._vary.clear()
 
     def close(self) -> None:
         self.flush_access()
@@ -189,6 +217,8 @@ class Store:
         return str(self.partial_dir / f"{uuid.uuid4().hex}.partial")
 
     def get(self, key: str) -> Entry | None:
+        if self.worker:
+            self._notice_other_writers()
         entry = self._hot.get(key)
         if entry is None:
             found = self.cache.get(key)
@@ -214,18 +244,20 @@ class Store:
                 for key, when in rows:
                     self.cache._sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1",
                                     (when, key))
-        except (sqlite3.OperationalError, OSError) as e:
-            # A full disk: only the LRU order suffers, and an exception here would stop
-            # the timer that calls us for the rest of the process's life.
+        except (sqlite3.OperationalError, OSError, diskcache.Timeout) as e:
+            # A full disk, or another process holding the database: only the LRU order
+            # suffers, and an exception here would stop the timer that calls us for the
+            # rest of the process's life.
             log.error("cannot record access times: {error}", error=e)
 
     def commit(self, key: str, meta: Meta, partial: str) -> None:
         """Make ``partial`` (a verified, complete body) the stored object of ``key``."""
         self._hot.pop(key, None)
         self.cache.set(key, _Commit(meta, partial))
-        self._evict()
+        if not self.worker:
+            self.evict()
 
-    def _evict(self) -> None:
+    def evict(self) -> None:
         """Least recently used first, pinned objects never (``pin`` refuses a set of pins
         larger than the limit, so the unpinned ones always suffice)."""
         if self.cache.volume() <= self.size_limit:
