@@ -36,18 +36,36 @@ gateway_pid() {  # the pid in $pid_file (set by the caller), if it is a live cac
   echo "$pid"
 }
 
-restart_docker() {
+docker_restart_command() {  # how this host restarts Docker; nothing when it cannot
   if use_systemd; then
-    systemctl restart docker
+    echo "systemctl restart docker"
   elif command -v service >/dev/null; then
-    service docker restart
-  else
-    error "cannot restart Docker (no systemctl or service): restart it by hand"
+    echo "service docker restart"
   fi
-  local waited=0
+}
+
+try_restart_docker() {  # 0 once Docker answers again; else 1, the reason in $restart_failure
+  local command waited=0
+  command=$(docker_restart_command)
+  restart_failure=
+  if [[ -z $command ]]; then
+    restart_failure="no systemctl or service to restart it with"
+    return 1
+  fi
+  if ! $command; then
+    restart_failure="'$command' failed"
+    return 1
+  fi
   until docker info >/dev/null 2>&1; do
-    ((waited++ < timeout * 2)) || error "Docker did not answer ${timeout}s after its restart"
+    if ((waited++ >= timeout * 2)); then
+      restart_failure="Docker did not answer ${timeout}s after '$command'"
+      return 1
+    fi
     sleep 0.5
   done
   say "Docker restarted and answering"
+}
+
+restart_docker() {
+  try_restart_docker || error "cannot restart Docker: $restart_failure; restart it by hand"
 }

@@ -69,9 +69,12 @@ start_gateway() {
 }
 
 wait_gateway() {
-  local args=(--timeout "$timeout")
+  local args=(--timeout "$timeout") status=0
   if [[ -n ${wait_pid:-} ]]; then args+=(--pid "$wait_pid"); fi
-  if ! docker_dns=$("$py" -m gateway.ops.hostsetup "${config_args[@]}" wait "${args[@]}"); then
+  docker_dns=$("$py" -m gateway.ops.hostsetup "${config_args[@]}" wait "${args[@]}") || status=$?
+  if ((status == 3)); then  # its DNS answered REFUSED: the message above says why and the fix
+    error "the gateway runs, but its DNS refuses this host (see above); Docker left as it was"
+  elif ((status != 0)); then
     if [[ -n ${wait_pid:-} && -f $log_file ]]; then tail -n 20 "$log_file" >&2; fi
     error "the gateway did not come up (see above)"
   fi

@@ -32,11 +32,49 @@ restore_docker() {
     removed) say "removed $daemon_json (there was none before start.sh)" ;;
     *) say "$daemon_json was not changed by start.sh: left as it is"; return ;;
   esac
-  if docker_present; then
-    restart_docker
-  else
+  if ! docker_present; then
     say "Docker is not installed: nothing to restart"
+  elif ! try_restart_docker; then
+    docker_not_restarted
   fi
+}
+
+# daemon.json is back, but the running daemon still sends its containers' DNS to the
+# gateway: stopping the gateway now would break every build. Say so, leave it running,
+# and name the one command that finishes the job (this script is idempotent).
+docker_not_restarted() {
+  local gateway finish restart images=
+  if unit_installed && systemctl is-active --quiet cachegate.service; then
+    gateway="cachegate.service"
+  elif gateway=$(gateway_pid); then
+    gateway="pid $gateway"
+  else
+    gateway="not running"
+  fi
+  if [[ $restore_images == yes ]]; then images="; the images are not restored yet"; fi
+  finish=$(finish_command)
+  restart=$(docker_restart_command)
+  echo "error: Docker could not be restarted: $restart_failure" >&2
+  echo "cachegate: $daemon_json is restored, but the running Docker daemon still sends" \
+       "its containers' DNS to the gateway until it restarts; so the gateway is left" \
+       "running ($gateway)$images." >&2
+  if [[ -n $restart ]]; then
+    echo "cachegate: to finish, run: $restart && $finish" >&2
+  else
+    echo "cachegate: to finish, restart dockerd the way it was started (it reads" \
+         "$daemon_json when it starts), then run: $finish" >&2
+  fi
+  exit 1
+}
+
+finish_command() {  # this script again, with the settings it was run with
+  local name words=()
+  for name in CACHEGATE_CONFIG CACHEGATE_VENV CACHEGATE_DOCKER_DAEMON_JSON CACHEGATE_SYSTEMD; do
+    if [[ -n ${!name:-} ]]; then words+=("$name=$(printf %q "${!name}")"); fi
+  done
+  words+=("$(printf %q "$repo/scripts/stop.sh")")
+  if [[ $restore_images == yes ]]; then words+=(--restore-images); fi
+  echo "${words[*]}"
 }
 
 stop_gateway() {

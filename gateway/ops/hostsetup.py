@@ -1,13 +1,15 @@
 """The Python half of ``scripts/start.sh`` and ``scripts/stop.sh``.
 
     python -m gateway.ops.hostsetup [--config FILE] env
-        shell assignments: STATE_DIR, ADMIN_URL, TRUST_IMAGES (trust.images, space-separated)
+        shell assignments: STATE_DIR, ADMIN_URL, TRUST_IMAGES (trust.images, space-separated),
+        MIRROR_URL (the registry mirror, http://127.0.0.1:5000; empty when images.listen = "")
     python -m gateway.ops.hostsetup [--config FILE] wait [--timeout S] [--pid N]
         until /healthz answers and our DNS answers a local name; prints the address
         Docker's DNS must point at.  The DNS probe is sent from the address it asks
         (``dig -b``); a REFUSED answer fails at once, with exit status 3 and the fix
-    python -m gateway.ops.hostsetup set-dns FILE ADDRESS
-        merge "dns": [ADDRESS] into Docker's daemon.json, every other key kept; the
+    python -m gateway.ops.hostsetup set-dns FILE ADDRESS [--mirror URL]
+        merge "dns": [ADDRESS] into Docker's daemon.json (and URL first in its
+        "registry-mirrors", the mirrors already listed kept after it), every other key kept; the
         original is kept beside it once (FILE.cachegate-backup, or FILE.cachegate-absent
         when there was none); prints "changed" or "unchanged"
     python -m gateway.ops.hostsetup restore-dns FILE
@@ -34,7 +36,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from gateway.addresses import listen_addresses
 from gateway.ops.admin_client import AdminClient, admin_url
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 
 BACKUP_SUFFIX = ".cachegate-backup"
 ABSENT_SUFFIX = ".cachegate-absent"
@@ -53,8 +55,21 @@ class RefusedError(SetupError):
 
 def shell_env(config: Config) -> str:
     values = {"STATE_DIR": str(config.server.state_dir), "ADMIN_URL": admin_url(config),
-              "TRUST_IMAGES": " ".join(config.trust.images)}
+              "TRUST_IMAGES": " ".join(config.trust.images), "MIRROR_URL": mirror_url(config)}
     return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
+
+
+def mirror_url(config: Config) -> str:
+    """The registry mirror as Docker's ``registry-mirrors`` names it: a loopback URL
+    (BuildKit 20.10-27 keeps plain http only for localhost), "" when it is off."""
+    if config.images.listen is None:
+        return ""
+    host, port = config.images.listen
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def wait_ready(config: Config, timeout: float, pid: int | None) -> str:
@@ -89,11 +104,12 @@ def _dns_answers(config: Config, name: str) -> bool:
     address = listen_addresses(config.server.listen)[0]
     reply = dns_probe(address, config.dns.port, name)
     if reply is not None and reply.header.rcode == RCODE.REFUSED:
+        where = config.source if not config.source.startswith("<") else DEFAULT_CONFIG_PATH
         raise RefusedError(
             f"the gateway's DNS at {address} port {config.dns.port} REFUSED a query from "
             f"{address}, an address of this host; cachegate answers those whatever dns.allow "
             f"says, so an older cachegate or another DNS server is answering there. Fix: stop "
-            f"that server, or add \"{address}/32\" to dns.allow in {config.source} and "
+            f"that server, or add \"{address}/32\" to dns.allow in {where} and "
             f"restart the gateway")
     return reply is not None and any(rr.rtype == QTYPE.A for rr in reply.rr)
 
@@ -125,14 +141,20 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def set_dns(path: Path, address: str) -> bool:
-    """Point ``path``'s "dns" at ``address``, keeping the original once; True if changed."""
+def set_dns(path: Path, address: str, mirror: str = "") -> bool:
+    """Point ``path``'s "dns" at ``address`` (and put ``mirror`` first in its
+    "registry-mirrors"), keeping the original once; True if changed."""
     try:
         original = path.read_bytes()
     except FileNotFoundError:
         original = None
     data = _parse(path, original) if original is not None else {}
-    if data.get("dns") == [address]:
+    mirrors = data.get("registry-mirrors", [])
+    if not isinstance(mirrors, list):
+        raise SetupError(f'{path}: "registry-mirrors" is not a list: fix it first')
+    if mirror:
+        mirrors = [mirror] + [m for m in mirrors if str(m).rstrip("/") != mirror]
+    if data.get("dns") == [address] and data.get("registry-mirrors", []) == mirrors:
         return False
     backup, absent = _side(path, BACKUP_SUFFIX), _side(path, ABSENT_SUFFIX)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +164,8 @@ def set_dns(path: Path, address: str) -> bool:
         else:
             shutil.copy2(path, backup)
     data["dns"] = [address]
+    if mirrors:
+        data["registry-mirrors"] = mirrors
     _replace(path, (json.dumps(data, indent=2) + "\n").encode(),
              path.stat().st_mode & 0o777 if original is not None else 0o644)
     return True
@@ -200,12 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     set_parser = sub.add_parser("set-dns", help='merge "dns": [ADDRESS] into FILE')
     set_parser.add_argument("file", type=Path)
     set_parser.add_argument("address")
+    set_parser.add_argument("--mirror", default="",
+                            help='also put URL first in "registry-mirrors"')
     restore = sub.add_parser("restore-dns", help="put FILE's original back")
     restore.add_argument("file", type=Path)
     args = parser.parse_args(argv)
     try:
         if args.command == "set-dns":
-            print("changed" if set_dns(args.file, args.address) else "unchanged")
+            print("changed" if set_dns(args.file, args.address, args.mirror) else "unchanged")
         elif args.command == "restore-dns":
             print(restore_dns(args.file))
         else:

@@ -29,6 +29,7 @@ echo "docker $*" >> "$FAKE_LOG"
 """
 FAKE_SERVICE = """#!/bin/sh
 echo "service $*" >> "$FAKE_LOG"
+if [ "$1 $2" = "docker restart" ] && [ -n "$FAKE_RESTART_FAILS" ]; then exit 1; fi
 """
 # systemctl as a host with cachegate.service installed: "start" runs the real gateway in
 # the background (as systemd would), "is-active" and "stop" follow its pid.
@@ -46,6 +47,7 @@ case "$1 $2" in
     pid=$(cat "$pid_file"); kill "$pid"
     while [[ -e /proc/$pid ]] && ! grep -q ') Z' "/proc/$pid/stat"; do sleep 0.1; done
     rm -f "$pid_file" ;;
+  "restart docker") [[ -z ${FAKE_RESTART_FAILS:-} ]] ;;
   *) exit 0 ;;
 esac
 """
@@ -77,14 +79,18 @@ class Host:
             f'admin = "127.0.0.1:{self.admin_port}"',
             "[dns]", f"port = {free_port()}", 'forwarders = ["127.0.0.1:9"]', ""]))
 
-    def run(self, script: Path, systemd: bool = False) -> subprocess.CompletedProcess:
+    def run(self, script: Path | str, systemd: bool = False,
+            **extra: str) -> subprocess.CompletedProcess:
+        """``script`` (or a shell command line) with this host's environment and
+        ``extra`` variables."""
         env = {"PATH": f"{self.bin}:{self.system_path()}", "HOME": str(self.tmp), "LANG": "C.UTF-8",
                "FAKE_LOG": str(self.log), "FAKE_DIR": str(self.tmp),
                "CACHEGATE_CONFIG": str(self.config), "CACHEGATE_VENV": str(REPO / ".venv"),
                "CACHEGATE_DOCKER_DAEMON_JSON": str(self.daemon_json),
-               "CACHEGATE_SYSTEMD": "yes" if systemd else "no", "CACHEGATE_TIMEOUT": "30"}
-        return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
-                              timeout=120)
+               "CACHEGATE_SYSTEMD": "yes" if systemd else "no", "CACHEGATE_TIMEOUT": "30",
+               **extra}
+        argv = ["bash", str(script)] if isinstance(script, Path) else ["bash", "-c", script]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
 
     def system_path(self) -> str:
         """/usr/bin:/bin, or for a host without Docker the same commands minus docker's
@@ -245,6 +251,48 @@ def test_a_gateway_that_cannot_start_fails_start_with_its_log(host):
     assert h.daemon_json.read_bytes() == ORIGINAL and h.calls() == []
     out = ok(h.run(STOP))
     assert "the gateway is not running" in out
+
+
+@pytest.mark.parametrize("systemd", [False, True], ids=["service", "systemd"])
+def test_stop_where_docker_cannot_be_restarted_says_where_the_host_is_and_how_to_finish(
+        host, systemd):
+    """Issue 13: stop.sh restored daemon.json, failed to restart Docker and exited without
+    a word about the gateway it left running with Docker still pointed at it."""
+    h = host()
+    h.daemon_json.write_bytes(ORIGINAL)
+    ok(h.run(START, systemd=systemd))
+    before = len(h.calls())
+    done = h.run(STOP, systemd=systemd, FAKE_RESTART_FAILS="1")
+    assert done.returncode == 1
+    restart = "systemctl restart docker" if systemd else "service docker restart"
+    assert f"error: Docker could not be restarted: '{restart}' failed" in done.stderr
+    assert f"{h.daemon_json} is restored" in done.stderr, done.stderr
+    assert "still sends its containers' DNS to the gateway" in done.stderr
+    gateway = "cachegate.service" if systemd else f"pid {h.pids()[0]}"
+    assert f"the gateway is left running ({gateway})" in done.stderr, done.stderr
+    assert h.daemon_json.read_bytes() == ORIGINAL and h.healthy()  # as the message says
+    assert restart in h.calls()[before:]
+    failed = len(h.calls())
+
+    [finish] = [line.split("to finish, run: ", 1)[1] for line in done.stderr.splitlines()
+                if "to finish, run: " in line]
+    assert finish.startswith(f"{restart} && ") and finish.endswith("/scripts/stop.sh")
+    out = ok(h.run(finish, systemd=False))  # the command alone, in a plain shell
+    assert "stopped" in out and not h.healthy() and h.daemon_json.read_bytes() == ORIGINAL
+    assert restart in h.calls()[failed:]
+
+
+def test_start_succeeds_when_dns_allow_names_no_address_of_this_host(host):
+    """Issue 13: a host whose own addresses are all outside dns.allow (a public primary
+    address). start.sh's probe (from 127.0.0.1 to 127.0.0.2 here, as from 192.0.2.2 to
+    the bridge there) got REFUSED and start.sh waited out its timeout."""
+    h = host()
+    text = h.config.read_text().replace('listen = ["127.0.0.1"]', 'listen = ["127.0.0.2"]')
+    h.config.write_text(text + 'allow = ["192.0.2.128/25"]\n')
+    out = ok(h.run(START))
+    assert "answering" in out and "pointed Docker's DNS at" in out and h.healthy()
+    ok(h.run(STOP))
+    assert not h.healthy()
 
 
 def test_scripts_are_shellcheck_clean():
