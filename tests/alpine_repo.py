@@ -31,6 +31,7 @@ import functools
 import gzip
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 import tarfile
@@ -294,6 +295,23 @@ def tampered(repo: AlpineRepo, name: str) -> bytes:
 # --- the client side: an Alpine image's root filesystem --------------------------------
 
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
+BUILD_APK = Path(__file__).resolve().parents[1] / "scripts" / "build-apk.sh"
+
+
+def find_apk() -> tuple[Path | None, str]:
+    """apk.static: ``$CACHEGATE_APK_STATIC`` (scripts/test.sh sets it), else what
+    scripts/build-apk.sh finds cached or builds (about 10 s, once)."""
+    named = os.environ.get("CACHEGATE_APK_STATIC")
+    if named:
+        return (Path(named), "") if os.access(named, os.X_OK) else \
+            (None, f"CACHEGATE_APK_STATIC={named}: not an executable")
+    try:
+        done = subprocess.run([str(BUILD_APK)], capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"scripts/build-apk.sh: {e}"
+    if done.returncode != 0:
+        return None, f"scripts/build-apk.sh failed: {done.stderr.strip()[-500:]}"
+    return Path(done.stdout.strip().splitlines()[-1]), ""
 
 
 def alpine_root(path: Path, apk: Path, repo: AlpineRepo, repository: str,
@@ -330,6 +348,10 @@ def alpine_root(path: Path, apk: Path, repo: AlpineRepo, repository: str,
     (path / "usr/lib/ssl").symlink_to("../../etc/ssl")
     (path / "etc/hosts").write_text("127.0.0.1 localhost\n")
     (path / "etc/nsswitch.conf").write_text("hosts: files dns\n")
+    # As alpine-baselayout has them (``USER root`` in a Dockerfile needs them).
+    (path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n"
+                                     "nobody:x:65534:65534:nobody:/:/sbin/nologin\n")
+    (path / "etc/group").write_text("root:x:0:root\nnogroup:x:65533:\nnobody:x:65534:\n")
     done = subprocess.run([str(apk), "--root", str(path), "add", "--initdb", "--quiet",
                            "--repositories-file", "/dev/null"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

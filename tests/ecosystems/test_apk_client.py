@@ -46,7 +46,6 @@ from tests.dns_helpers import FakeUpstream
 from tests.origin import PROXY_HOSTS, ByHost, Origin, OriginResource
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILD_APK = REPO_ROOT / "scripts" / "build-apk.sh"
 TRUST_CA = REPO_ROOT / "scripts" / "trust-ca.sh"
 HTTP_REPO = f"http://{ar.HOST}{ar.REPOSITORY}"
 HTTPS_REPO = f"https://{ar.HOST}{ar.REPOSITORY}"
@@ -57,26 +56,10 @@ PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 # --- apk.static ------------------------------------------------------------------------
 
-def find_apk() -> tuple[Path | None, str]:
-    """apk.static: ``$CACHEGATE_APK_STATIC`` (scripts/test.sh sets it), else what
-    scripts/build-apk.sh finds cached or builds (about 10 s, once)."""
-    named = os.environ.get("CACHEGATE_APK_STATIC")
-    if named:
-        return (Path(named), "") if os.access(named, os.X_OK) else \
-            (None, f"CACHEGATE_APK_STATIC={named}: not an executable")
-    try:
-        done = subprocess.run([str(BUILD_APK)], capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return None, f"scripts/build-apk.sh: {e}"
-    if done.returncode != 0:
-        return None, f"scripts/build-apk.sh failed: {done.stderr.strip()[-500:]}"
-    return Path(done.stdout.strip().splitlines()[-1]), ""
-
-
 @pytest.fixture(scope="session")
 def apk() -> Path:
     need(os.geteuid() == 0, "apk in chroots and network namespaces needs root")
-    path, why = find_apk()
+    path, why = ar.find_apk()
     need(path, why)
     return path  # type: ignore[return-value]
 
