@@ -409,3 +409,17 @@ def test_apk_through_the_explicit_proxy(apk, repo, origin, start_tls_gateway, tm
     assert all(f"fetch {scheme}://{ar.HOST}" in out for scheme, out in zip(("https", "http"), runs))
     for obj in repo.objects:
         assert origin.count(obj.origin_path) == 1, obj.origin_path
+
+
+def test_build_apk_script(apk):
+    """scripts/build-apk.sh is shellcheck-clean, and once built it answers from the cache
+    (keyed by the tarball's sha256) without building again."""
+    shellcheck = shutil.which("shellcheck")
+    need(shellcheck, "shellcheck not installed (Debian package shellcheck)")
+    done = subprocess.run([shellcheck, str(ar.BUILD_APK)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+    again = subprocess.run([str(ar.BUILD_APK)], capture_output=True, text=True, timeout=600)
+    if again.returncode != 0:  # no ../shared here: apk came from $CACHEGATE_APK_STATIC
+        need(False, f"scripts/build-apk.sh: {again.stderr.strip()}")
+    assert again.stderr == "" and Path(again.stdout.strip()).read_bytes() == apk.read_bytes()
+    assert re.search(r"/apk-tools-[0-9a-f]{16}/apk\.static$", again.stdout.strip())
