@@ -30,12 +30,10 @@ import base64
 import functools
 import gzip
 import hashlib
-import io
 import os
 import shutil
 import subprocess
 import tarfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -369,24 +367,3 @@ def installed(root: Path, repo: AlpineRepo, name: str = TOP) -> list[str]:
     problems += [f"{name} not in the installed database" for name in repo.packages
                  if f"\nP:{name}\n" not in "\n" + db]
     return problems
-
-
-# --- gzip streams (what a verifier of ``C:`` needs) ----------------------------------
-
-def gzip_streams(data: bytes) -> list[bytes]:
-    """The concatenated gzip members of ``data``, each as its compressed bytes."""
-    streams, rest = [], data
-    while rest:
-        d = zlib.decompressobj(31)
-        d.decompress(rest)
-        if not d.eof:
-            raise ValueError("truncated gzip stream")
-        used = len(rest) - len(d.unused_data)
-        streams.append(rest[:used])
-        rest = d.unused_data
-    return streams
-
-
-def _untar(stream: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(stream) + END)) as tf:
-        return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}  # type: ignore[union-attr]
