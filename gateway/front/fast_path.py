@@ -85,11 +85,20 @@ class GatewayChannel(http.HTTPChannel):
         if line[:1] in (b" ", b"\t") and not self._HTTPChannel__first_line:  # type: ignore[attr-defined]
             # obs-fold (RFC 9112 5.2): folding is how a header hides from one parser and
             # not another; rejecting it is allowed and what nginx does.
-            log.warn("{client}: obs-fold header line: 400", client=self._peer_host())
             self._cancel_head_timer()
-            self._respondToBadRequestAndDisconnect()
+            self._bad_request("obs-fold header line")
             return
         super().lineReceived(line)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802
+        """twisted.web's answer to a head it cannot parse (a bad request line, a bad
+        header, bad framing): the same 400, with a warn line within the gateway's budget."""
+        self._bad_request("malformed request head")
+
+    def _bad_request(self, reason: str) -> None:
+        self.site.gateway.warn_client("{client}: {reason}: 400", client=self._peer_host(),
+                                      reason=reason)
+        super()._respondToBadRequestAndDisconnect()
 
     def allHeadersReceived(self) -> None:  # noqa: N802
         self._cancel_head_timer()
