@@ -133,6 +133,10 @@ class Integrity:
         self._event(kind, base, str(error), refused=True)
         return kind
 
+    def drift_seen(self, url: str, reason: str) -> None:
+        """Stored bytes that disagree with a newer promise (a lockfile): kept, reported."""
+        self._event("drift", url, reason, refused=True)
+
     def _event(self, kind: str, url: str, reason: str, refused: bool) -> None:
         self.counts[kind if refused else f"{kind}_accepted"] += 1
         self.events.append(Event(kind, url, reason, self.reactor.seconds(), refused))

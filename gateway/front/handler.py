@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -32,6 +32,7 @@ from gateway.cache.ranges import UNSATISFIABLE, if_range_allows, parse_range
 from gateway.cache.stats import Stats
 from gateway.cache.store import Entry, Store
 from gateway.front.fast_path import GatewayChannel, response_head
+from gateway.front.owners import HOP_HEADER, Owners, hop_headers
 from gateway.cache.streaming import FileStreamer
 from gateway.cache.verify import body_problem
 from tls.context import sni_name
@@ -65,6 +66,7 @@ class Exchange:
     rule: Rule
     started: float
     gone: bool = False
+    hop: bool = False  # another worker asking for a key this one owns (front/owners.py)
 
 
 class Gateway:
@@ -90,6 +92,7 @@ class Gateway:
         self._routes_for = config.upstreams
         self._heads: dict[str, tuple[Entry, bytes]] = {}
         self.client_errors = LogBudget(reactor.seconds)  # bounds the warn lines they cost
+        self.owners: Owners | None = None  # set in a worker process (gateway/workers.py)
 
     # -- routing ---------------------------------------------------------------------
 
@@ -110,6 +113,9 @@ class Gateway:
             return self._error(request, 403, f"{host} is not a repository cachegate serves")
         exchange = Exchange(request, method, host, path, header_dict(request.requestHeaders),
                             upstream, upstream.rule_for(path), self.reactor.seconds())
+        # Only another worker, on the internal socket, may say it is one.
+        exchange.hop = exchange.headers.pop(HOP_HEADER, None) is not None and \
+            getattr(request.channel, "internal", False)
         request.notifyFinish().addErrback(lambda _: setattr(exchange, "gone", True))
         if bypass_reason(method, exchange.headers, exchange.rule):
             return self._relay(exchange)
@@ -181,9 +187,13 @@ class Gateway:
         return memo[1]
 
     def _local(self, request: server.Request, path: str) -> None:
-        """The gateway's own name: the CA certificate for containers to trust."""
-        if path.partition("?")[0] != "/ca.crt":
-            return self._error(request, 404, "only /ca.crt is served here")
+        """The gateway's own name: the CA certificate for containers to trust, and any
+        stored body by its sha256 (``/sha256/<hex>``)."""
+        bare = path.partition("?")[0]
+        if bare.startswith("/sha256/"):
+            return self._by_digest(request, bare[len("/sha256/"):].lower())
+        if bare != "/ca.crt":
+            return self._error(request, 404, "only /ca.crt and /sha256/<hex> are served here")
         request.setHeader("Content-Type", "application/x-pem-file")
         request.setHeader("Content-Disposition", 'attachment; filename="cachegate-ca.crt"')
         request.setHeader("Content-Length", str(len(self.ca_pem)))
@@ -191,6 +201,27 @@ class Gateway:
         if request.method != b"HEAD":
             request.write(self.ca_pem)
         request.finish()
+
+    def _by_digest(self, request: server.Request, hex_digest: str) -> None:
+        """A stored body found by the content index, whichever URL it was stored under."""
+        valid = len(hex_digest) == 64 and all(c in "0123456789abcdef" for c in hex_digest)
+        for entry in self.store.find_sha256(hex_digest) if valid else []:
+            try:
+                fd = os.open(entry.path, os.O_RDONLY)
+            except FileNotFoundError:  # evicted meanwhile
+                continue
+            length = entry.meta.length
+            request.setHeader("Content-Type", "application/octet-stream")
+            request.setHeader("Content-Length", str(length))
+            request.setHeader("ETag", f'"sha256:{hex_digest}"')
+            request.setHeader("Cache-Control", "public, max-age=31536000, immutable")
+            request.setHeader("X-Cache", "HIT")
+            if request.method == b"HEAD" or length == 0:
+                os.close(fd)
+                return request.finish()
+            FileStreamer(request, fd, 0, length - 1, None, lambda sent, ok: None).start()
+            return
+        self._error(request, 404, f"no stored object has sha256 {hex_digest}")
 
     def _lookup(self, ex: Exchange) -> None:
         base = base_key(ex.host, ex.path)
@@ -204,9 +235,40 @@ class Gateway:
             return self._error(ex.request, 504, "offline and not in the cache")
         target = Target(ex.host, ex.path, base, key, ex.upstream, ex.rule,
                         ex.upstream.upstream_url(ex.host, ex.path), ex.headers)
-        d = self.flights.obtain(target, entry)
+        owner = None if ex.hop or self.owners is None else self.owners.elsewhere(key)
+        if owner is not None:
+            return self._via_owner(ex, target, entry, owner)
+        self._obtain(ex, target, entry)
+
+    def _obtain(self, ex: Exchange, target: Target, stale: Entry | None) -> None:
+        d = self.flights.obtain(target, stale)
         d.addCallback(self._serve_outcome, ex)
         d.addErrback(self._bug, ex)
+
+    def _via_owner(self, ex: Exchange, target: Target, stale: Entry | None,
+                   owner: int) -> None:
+        """A key another worker owns: that worker's one fetch, relayed here unstored.
+        Range and conditionals are answered here, so the owner sends the whole body."""
+        assert self.owners is not None
+        headers = {k: v for k, v in ex.headers.items() if k not in _ANSWERED_HERE}
+        d = self.flights.relay(ex.method, self.owners.url(owner, ex.path),
+                               hop_headers(headers, ex.host), None, self.owners.fetcher)
+        d.addCallback(self._owner_answered, ex, target, stale)
+        d.addErrback(self._bug, ex)
+
+    def _owner_answered(self, outcome: Outcome, ex: Exchange, target: Target,
+                        stale: Entry | None) -> None:
+        if isinstance(outcome, Failed):  # the owner is away (dead, restarting)
+            log.warn("owner of {key} did not answer ({reason}): fetching it here",
+                     key=target.key, reason=outcome.reason)
+            return self._obtain(ex, target, stale)
+        if isinstance(outcome, Streaming):
+            if ex.gone:
+                return outcome.download.finish(Failure(ConnectionAbortedError("client gone")))
+            label = as_dict(outcome.headers).get("x-cache", "MISS")
+            headers = [(k, v) for k, v in outcome.headers if k.lower() != "x-cache"]
+            outcome = replace(outcome, headers=headers, label=label)
+        self._serve_outcome(outcome, ex)
 
     def _fresh(self, upstream: Upstream, rule: Rule, headers: dict[str, str],
                entry: Entry) -> bool:
@@ -419,6 +481,10 @@ class Gateway:
             ex.request.transport.abortConnection()
 
     def _log(self, ex: Exchange, status: int, label: str, sent: int, complete: bool = True) -> None:
+        if ex.hop:  # counted by the worker that relayed it to its client
+            return self.access_log.write("hop", ex.method, ex.host + ex.path, status, label,
+                                         sent, int((self.reactor.seconds() - ex.started) * 1000),
+                                         complete)
         self._record(ex.upstream.name, _client(ex.request), ex.method, ex.host, ex.path, status,
                      label, sent, self.reactor.seconds() - ex.started, complete)
 
@@ -445,6 +511,11 @@ def _printable(raw: bytes, limit: int = 200) -> str:
     cut short."""
     text = raw[:limit].decode("latin-1").encode("unicode_escape").decode("ascii")
     return text + ("..." if len(raw) > limit else "")
+
+
+# What a hop leaves to the asking worker: it serves ranges and 304s from the relayed body.
+_ANSWERED_HERE = frozenset({"range", "if-range", "if-none-match", "if-modified-since",
+                            "if-match", "if-unmodified-since"})
 
 
 def _client(request: server.Request) -> str:

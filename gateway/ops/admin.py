@@ -9,6 +9,14 @@ Endpoints (JSON unless said otherwise; errors are ``{"error": reason}`` with a 4
 - ``GET /api/cache[?ecosystem=E][&prefix=P][&limit=N]`` lists stored objects (``limit=0``:
   all); ``DELETE /api/cache[?ecosystem=E][&prefix=P]`` drops them (no filter: all);
   ``POST /api/cache/verify`` re-hashes every stored body and drops the corrupt ones;
+- ``GET /api/cache?sha256=HEX`` and ``GET /api/objects/sha256/HEX``: stored objects by
+  the sha256 of their body (the store's content index);
+- ``POST /api/warm`` ``{"url", "digest"?: {"algorithm", "hex"}, "headers"?, "body"?}``:
+  fetch one URL through the gateway, checked against the digest (``cachegate warm``);
+- ``GET /api/integrity`` (bodies refused: digest mismatches and drift, counts and recent
+  events), ``GET /api/drift`` (drift only);
+- ``GET /api/pins``; ``PUT /api/pins/NAME`` ``{"keys": [...]}`` (409 when the pinned
+  bytes would exceed ``size_limit``); ``DELETE /api/pins/NAME``;
 - ``GET /ca.crt``: the CA certificate (PEM);
 - ``GET /api/upstreams[/NAME]``; ``PUT /api/upstreams/NAME`` (a JSON ``[upstreams.NAME]``
   table) and ``DELETE /api/upstreams/NAME`` edit the catalogue at run time
@@ -42,7 +50,9 @@ from twisted.web.resource import Resource
 
 from gateway.cache import verify
 from gateway.front.passthrough import advice
+from gateway.addresses import DOCKER_BRIDGE, interface_ipv4
 from gateway.ops.activity import Activity
+from gateway.ops.history import SAMPLE_SECONDS, History, reading
 from gateway.ops.admin_client import TOKEN_FILE
 from gateway.cache.rules import Upstream
 from gateway.ecosystems.catalogue import BUILTIN
@@ -50,13 +60,15 @@ from gateway.config import ConfigError
 from gateway.ops.metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway.ops.metrics import Live, metrics_registry, render
 from gateway.ops.status_page import render_status
-from gateway.cache.store import MODE_OBJECT, Entry, Store
+from gateway.cache.store import MODE_OBJECT, Entry, PinRefused, Store
+from gateway.ops.prefetch import Prefetcher, WarmError
 from gateway.ops.upstream_edits import apply_edits, describe, load_edits, save_edits
 from tls.ca import missing_domains, permitted_domains
 
 log = Logger()
 
 MAX_BODY = 64 * 1024  # an upstream table is a few hundred bytes
+MAX_PINS_BODY = 64 * 2**20  # a pin set's keys: a big lockfile's worth
 LIST_LIMIT = 1000  # GET /api/cache entries unless ?limit= says otherwise
 TOP_OBJECTS = 10
 IDLE_TIMEOUT = 60
@@ -125,7 +137,9 @@ class AdminAPI:
         self.activity = activity
         self.token, self.token_required = token, token_required
         self.started = reactor.seconds()
+        self.prefetcher = Prefetcher(top, reactor)
         self.registry = metrics_registry(self.stats, self.live)
+        self.history = History(reactor.seconds)  # the status page's last hour
 
     # -- reading -------------------------------------------------------------------------
 
@@ -146,6 +160,7 @@ class AdminAPI:
             "uptime": self.reactor.seconds() - self.started,
             "addresses": top.addresses,
             "docker_dns": top.advertise_ipv4,
+            "bridge": interface_ipv4(DOCKER_BRIDGE),
             "local_names": list(top.config.dns.local_names),
             "listeners": self.listeners(),
             "gateway": top.stats.as_dict(),
@@ -153,11 +168,21 @@ class AdminAPI:
             "tls": {"refused": top.tls.refused, "minted": top.tls.leaves.minted},
             "passthrough": top.passthrough.stats.as_dict(),
             "cache": {"objects": sum(e["objects"] for e in stored.values()),
-                      "bytes": store.volume(), "limit": store.size_limit, "ecosystems": stored},
+                      "bytes": store.volume(), "limit": store.size_limit, "ecosystems": stored,
+                      "pinned": store.pinned_bytes()},
+            "integrity": dict(top.gateway.flights.integrity.counts),
             "downloads": {"active": len(top.gateway.flights.active)},
             "recent": self.activity.recent_lines(),
             "top": self.activity.top(TOP_OBJECTS),
         }
+
+    def sample_history(self) -> None:
+        """One point of the status page's plots (every ``SAMPLE_SECONDS``)."""
+        top = self.top
+        total = top.stats.total
+        self.history.sample(reading(total.requests, total.bytes_from_cache,
+                                    total.bytes_from_upstream,
+                                    sum(top.gateway.flights.events.upstream_errors.values())))
 
     def live(self) -> Live:
         top = self.top
@@ -165,8 +190,37 @@ class AdminAPI:
                     top.dns_stats.forward_seconds, top.store.evictions,
                     tuple(u.name for u in top.config.upstreams))
 
-    def cache_list(self, ecosystem: str | None, prefix: str | None, limit: int) -> dict[str, Any]:
-        return list_cache(self.top.store, ecosystem, prefix, limit)
+    def cache_list(self, ecosystem: str | None, prefix: str | None, limit: int,
+                   sha256: str | None = None) -> dict[str, Any]:
+        return list_cache(self.top.store, ecosystem, prefix, limit, sha256)
+
+    def integrity(self, kind: str | None = None) -> dict[str, Any]:
+        summary = self.top.gateway.flights.integrity.summary()
+        if kind is not None:
+            summary["events"] = [e for e in summary["events"] if e["kind"] == kind]
+        return summary
+
+    def pins(self) -> dict[str, Any]:
+        store = self.top.store
+        return {"pins": store.pins(), "pinned_bytes": store.pinned_bytes(),
+                "limit": store.size_limit}
+
+    def pin(self, name: str, doc: Any) -> dict[str, Any]:
+        keys = doc.get("keys") if isinstance(doc, dict) else None
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ApiError(400, 'body must be {"keys": ["<cache key>", ...]}')
+        try:
+            result = self.top.store.pin(name, keys)
+        except PinRefused as e:
+            raise ApiError(409, str(e)) from None
+        log.info("admin: pinned {count} objects as {name}", count=len(keys), name=name)
+        return dict(result, name=name)
+
+    def unpin(self, name: str) -> dict[str, Any]:
+        removed = self.top.store.unpin(name)
+        if not removed:
+            raise ApiError(404, f"no pin set named {name!r}")
+        return {"name": name, "removed": removed}
 
     def upstreams(self) -> dict[str, Any]:
         edits = load_edits(self.top.config.server.state_dir)
@@ -249,20 +303,23 @@ class AdminAPI:
 
 # -- the store's objects, selected by ecosystem and URL prefix (also the CLI's offline path)
 
-def select_entries(store: Store, ecosystem: str | None, prefix: str | None) -> list[Entry]:
+def select_entries(store: Store, ecosystem: str | None, prefix: str | None,
+                   sha256: str | None = None) -> list[Entry]:
     """Stored objects of ``ecosystem`` whose URL (host + path) starts with ``prefix``
-    (``None``: any; a leading ``http(s)://`` is ignored), sorted by key."""
+    (``None``: any; a leading ``http(s)://`` is ignored) and whose body has ``sha256``
+    (the content index), sorted by key."""
     prefix = _strip_scheme(prefix) if prefix else None
-    return sorted((e for e in store.entries()
+    candidates = store.find_sha256(sha256) if sha256 else store.entries()
+    return sorted((e for e in candidates
                    if (ecosystem is None or e.meta.ecosystem == ecosystem)
                    and (prefix is None or e.meta.url.startswith(prefix))),
                   key=lambda e: e.key)
 
 
 def list_cache(store: Store, ecosystem: str | None, prefix: str | None,
-               limit: int = 0) -> dict[str, Any]:
+               limit: int = 0, sha256: str | None = None) -> dict[str, Any]:
     """The ``GET /api/cache`` document; ``limit=0``: every match."""
-    matches = select_entries(store, ecosystem, prefix)
+    matches = select_entries(store, ecosystem, prefix, sha256)
     shown = matches if limit == 0 else matches[:limit]
     return {"count": len(matches), "bytes": sum(e.meta.length for e in matches),
             "truncated": len(shown) < len(matches), "entries": [entry_json(e) for e in shown]}
@@ -279,7 +336,7 @@ def entry_json(entry: Entry) -> dict[str, Any]:
     meta = entry.meta
     return {"key": entry.key, "url": meta.url, "ecosystem": meta.ecosystem,
             "status": meta.status, "length": meta.length, "sha256": meta.sha256,
-            "stored": meta.freshness.response_time}
+            "stored": meta.freshness.response_time, "verified": meta.extra.get("verified")}
 
 
 def _strip_scheme(prefix: str) -> str:
@@ -310,7 +367,7 @@ def _names_an_address(host_header: str | None) -> bool:
 # -- the twisted.web side ----------------------------------------------------------------
 
 Reply = tuple[int, bytes, str]  # status, body, content type
-_QUERY_KEYS = {"GET /api/cache": {"ecosystem", "prefix", "limit"},
+_QUERY_KEYS = {"GET /api/cache": {"ecosystem", "prefix", "limit", "sha256"},
                "DELETE /api/cache": {"ecosystem", "prefix"}}
 
 
@@ -371,8 +428,16 @@ class AdminResource(Resource):
             return {"GET": lambda r, q: self._upstream(name),
                     "PUT": lambda r, q: _json(api.put_upstream(name, _body_json(r))),
                     "DELETE": lambda r, q: _json(api.delete_upstream(name))}
+        if path.startswith("/api/pins/"):
+            name = unquote(path[len("/api/pins/"):])
+            return {"PUT": lambda r, q: _json(api.pin(name, _body_json(r, MAX_PINS_BODY))),
+                    "DELETE": lambda r, q: _json(api.unpin(name))}
+        if path.startswith("/api/objects/sha256/"):
+            digest = path[len("/api/objects/sha256/"):]
+            return {"GET": lambda r, q: _json(list_cache(api.top.store, None, None, 0,
+                                                         _sha256_arg(digest)))}
         return {
-            "/": {"GET": lambda r, q: (200, render_status(api.stats()),
+            "/": {"GET": lambda r, q: (200, render_status(api.stats(), history=api.history),
                                        "text/html; charset=utf-8")},
             "/healthz": {"GET": lambda r, q: _json(api.health())},
             "/metrics": {"GET": lambda r, q: (200, render(api.registry), METRICS_TYPE)},
@@ -384,14 +449,21 @@ class AdminResource(Resource):
             "/ca.crt": {"GET": lambda r, q: (200, api.top.ca.cert_pem(),
                                              "application/x-pem-file")},
             "/api/upstreams": {"GET": lambda r, q: _json(api.upstreams())},
+            "/api/warm": {"POST": lambda r, q: api.prefetcher.warm(_body_json(r))
+                          .addCallback(_json)},
+            "/api/integrity": {"GET": lambda r, q: _json(api.integrity())},
+            "/api/drift": {"GET": lambda r, q: _json(api.integrity("drift"))},
+            "/api/pins": {"GET": lambda r, q: _json(api.pins())},
         }.get(path, {})
 
     def _cache_list(self, request: server.Request, query: dict[str, str]) -> Reply:
         raw = query.get("limit", str(LIST_LIMIT))
         if not raw.isdigit():
             raise ApiError(400, f"limit must be a whole number (0: all), got {raw!r}")
+        sha256 = _nonempty(query, "sha256")
         return _json(self.api.cache_list(_nonempty(query, "ecosystem"),
-                                         _nonempty(query, "prefix"), int(raw)))
+                                         _nonempty(query, "prefix"), int(raw),
+                                         _sha256_arg(sha256) if sha256 else None))
 
     def _upstream(self, name: str) -> Reply:
         for upstream in self.api.upstreams()["upstreams"]:
@@ -404,6 +476,8 @@ class AdminResource(Resource):
         if failure.check(ApiError):
             e = failure.value
             return e.status, _json({"error": e.reason})[1], JSON_TYPE, e.headers
+        if failure.check(WarmError):
+            return _json({"error": str(failure.value)}, 400)
         if failure.check(ConfigError):  # a broken upstreams.json on disk
             return _json({"error": str(failure.value)}, 500)
         log.failure("admin API error", failure)
@@ -432,10 +506,17 @@ def _nonempty(query: dict[str, str], name: str) -> str | None:
     return value
 
 
-def _body_json(request: server.Request) -> Any:
-    raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
-    if len(raw) > MAX_BODY:
-        raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+def _sha256_arg(value: str) -> str:
+    value = value.lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ApiError(400, f"not a sha256 in hex: {value!r}")
+    return value
+
+
+def _body_json(request: server.Request, limit: int = MAX_BODY) -> Any:
+    raw = request.content.read(limit + 1) if request.content is not None else b""
+    if len(raw) > limit:
+        raise ApiError(413, f"body larger than {limit} bytes")
     try:
         return json.loads(raw)
     except ValueError as e:
@@ -466,6 +547,9 @@ class AdminService(service.MultiService):
         self.site = AdminSite(AdminResource(self.api), timeout=IDLE_TIMEOUT)
         self.listener = internet.TCPServer(port, self.site, interface=host, reactor=reactor)
         self.listener.setServiceParent(self)
+        sampler = internet.TimerService(SAMPLE_SECONDS, self.api.sample_history)
+        sampler.clock = reactor
+        sampler.setServiceParent(self)
 
     @property
     def port(self) -> int:

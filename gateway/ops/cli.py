@@ -3,11 +3,13 @@
     cachegate [--config FILE] [--state-dir DIR] [--debug] COMMAND
       serve                                  run the gateway in the foreground
       ca export [-o FILE] | path | rotate [--yes]
-      cache ls [--ecosystem E] [--prefix P] [--json]
+      cache ls [--ecosystem E] [--prefix P] [--sha256 HEX] [--json]
       cache clear [--ecosystem E] [--prefix P] [--yes]
       cache verify [--json]
       stats [--watch [--interval S] [--count N]] [--json]
       doctor [--daemon-json FILE] [--trust-bundle FILE] [--forwarded-name NAME]
+      warm [--format F] [--jobs N] [--dry-run] [--json] [--pin NAME] LOCKFILE...
+      pin add NAME (--key-from LOCKFILE... | LOCKFILE...) | ls | rm NAME
 
 Commands that need live state (``stats``; ``cache …`` while the gateway runs) talk to
 the running gateway through its admin API (``server.admin``); the others, and ``cache …``
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_options(parser, None, False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     trust.add_parser(commands)
+    from gateway.ops import warm
+    warm.add_parsers(commands)
     commands.add_parser("serve", help="run the gateway in the foreground",
                         description="Run every listener until SIGTERM/SIGINT; tell systemd "
                                     "when ready (Type=notify).")
@@ -143,6 +147,7 @@ def _cache_parser(commands: Any) -> None:
         p.add_argument("--ecosystem", metavar="E", help="only this upstream entry (e.g. pypi)")
         p.add_argument("--prefix", metavar="P",
                        help="only URLs starting with P (host/path, e.g. deb.debian.org/debian/)")
+    ls.add_argument("--sha256", metavar="HEX", help="only objects whose body has this sha256")
     ls.add_argument("--json", action="store_true", help="the raw listing")
     clear.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     verify = sub.add_parser("verify", help="re-hash stored objects, drop corrupt ones",
@@ -171,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                                                     state_dir=args.state_dir.expanduser()))
         if args.command == "trust":
             return trust.run(args, config)
+        if args.command in ("warm", "pin"):
+            from gateway.ops import warm
+            return warm.run(args, config)
         return COMMANDS[args.command](config, args)
     except (ConfigError, CAError, CliError, GatewayDown, ApiFailure) as e:
         if args.debug:
@@ -367,12 +375,13 @@ def cache_ls(config: Config, args: argparse.Namespace) -> int:
     from gateway.ops.admin import list_cache
 
     filters = _filters(args)
+    sha256 = args.sha256.lower() if args.sha256 else None
     client, store = _store_access(config)
     if client is not None:
-        listing = client.json("GET", "/api/cache", {**filters, "limit": 0})
+        listing = client.json("GET", "/api/cache", {**filters, "limit": 0, "sha256": sha256})
     else:
         try:
-            listing = list_cache(store, filters["ecosystem"], filters["prefix"])
+            listing = list_cache(store, filters["ecosystem"], filters["prefix"], 0, sha256)
         finally:
             store.close()
     if args.json:

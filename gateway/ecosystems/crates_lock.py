@@ -1,0 +1,30 @@
+"""``Cargo.lock``: each crates.io package's ``.crate`` and its sha256 ``checksum``."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from gateway.cache.rules import Digest
+from gateway.ecosystems.crates import crate_paths
+from gateway.ecosystems.lockfiles import Item
+
+STATIC = "https://static.crates.io"
+_CRATES_IO = ("registry+https://github.com/rust-lang/crates.io-index",
+              "sparse+https://index.crates.io/")
+
+
+def cargo_lock(text: str, path: Path) -> list[Item]:
+    items = []
+    for package in tomllib.loads(text).get("package", []):
+        name, version = package["name"], package["version"]
+        label, source = f"{name}@{version}", package.get("source")
+        if source is None:
+            continue  # a workspace member: built, not fetched
+        if source not in _CRATES_IO:
+            items.append(Item(label, skipped=f"not from crates.io: {source.split('#')[0]}"))
+            continue
+        checksum = package.get("checksum")
+        digest = Digest("sha256", checksum.lower(), "lockfile") if checksum else None
+        items.append(Item(label, STATIC + crate_paths(name, version)[0], digest))
+    return items
