@@ -240,6 +240,8 @@ class Origin:
         self.root = Path(root)
         self.reactor = reactor
         self.requests: list[Recorded] = []
+        self.in_flight = 0  # requests being answered now
+        self.max_in_flight = 0  # the most at once since the last reset
         self.down = False  # True: every request gets a 500, as an upstream in trouble
         self.gzip_indexes = True  # gzip negotiated documents for gzip-accepting clients
         self.port: int | None = None
@@ -329,6 +331,16 @@ class Origin:
     def reset(self) -> None:
         """Forget the recorded requests (behaviours stay: see ``clear_behaviours``)."""
         self.requests.clear()
+        self.max_in_flight = self.in_flight
+
+    def _count_in_flight(self, request: server.Request) -> None:
+        """Concurrency as the origin sees it: from a request's arrival to its end."""
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+        def ended(_):  # type: ignore[no-untyped-def]
+            self.in_flight -= 1
+        request.notifyFinish().addBoth(ended)
 
     # -- resolving paths --
 
@@ -422,6 +434,7 @@ class OriginResource(Resource):
         headers = _headers_of(request)
         method = request.method.decode("latin-1")
         self.origin.requests.append(Recorded(method, target, headers))
+        self.origin._count_in_flight(request)
         behaviour = self.origin._behaviour_for(path)
         if behaviour.delay_headers:
             call = self.origin.reactor.callLater(
