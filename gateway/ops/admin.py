@@ -51,7 +51,9 @@ from twisted.web.resource import Resource
 from gateway.cache import verify
 from gateway.front.passthrough import advice
 from gateway.addresses import DOCKER_BRIDGE, interface_ipv4
+from gateway.addresses import DOCKER_BRIDGE, interface_ipv4
 from gateway.ops.activity import Activity
+from gateway.ops.history import SAMPLE_SECONDS, History, reading
 from gateway.ops.history import SAMPLE_SECONDS, History, reading
 from gateway.ops.admin_client import TOKEN_FILE
 from gateway.cache.rules import Upstream
@@ -140,6 +142,7 @@ class AdminAPI:
         self.prefetcher = Prefetcher(top, reactor)
         self.registry = metrics_registry(self.stats, self.live)
         self.history = History(reactor.seconds)  # the status page's last hour
+        self.history = History(reactor.seconds)  # the status page's last hour
 
     # -- reading -------------------------------------------------------------------------
 
@@ -175,6 +178,14 @@ class AdminAPI:
             "recent": self.activity.recent_lines(),
             "top": self.activity.top(TOP_OBJECTS),
         }
+
+    def sample_history(self) -> None:
+        """One point of the status page's plots (every ``SAMPLE_SECONDS``)."""
+        top = self.top
+        total = top.stats.total
+        self.history.sample(reading(total.requests, total.bytes_from_cache,
+                                    total.bytes_from_upstream,
+                                    sum(top.gateway.flights.events.upstream_errors.values())))
 
     def sample_history(self) -> None:
         """One point of the status page's plots (every ``SAMPLE_SECONDS``)."""
@@ -547,6 +558,9 @@ class AdminService(service.MultiService):
         self.site = AdminSite(AdminResource(self.api), timeout=IDLE_TIMEOUT)
         self.listener = internet.TCPServer(port, self.site, interface=host, reactor=reactor)
         self.listener.setServiceParent(self)
+        sampler = internet.TimerService(SAMPLE_SECONDS, self.api.sample_history)
+        sampler.clock = reactor
+        sampler.setServiceParent(self)
         sampler = internet.TimerService(SAMPLE_SECONDS, self.api.sample_history)
         sampler.clock = reactor
         sampler.setServiceParent(self)
