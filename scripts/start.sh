@@ -7,8 +7,9 @@
 #      unit is installed, else `cachegate serve` in the background (pid and log files in
 #      the state directory);
 #   3. wait until its admin API (/healthz) and its DNS answer;
-#   4. merge "dns": [the gateway's address] into Docker's daemon.json, every other key
-#      kept, the original kept beside it; restart Docker and wait until it answers.
+#   4. merge "dns": [the gateway's address] and the registry mirror (first in
+#      "registry-mirrors", unless images.listen = "") into Docker's daemon.json, every
+#      other key kept, the original kept beside it; restart Docker and wait until it answers.
 #
 # Environment: CACHEGATE_CONFIG (config file; default /etc/cachegate/cachegate.toml when
 # present), CACHEGATE_VENV (default: .venv in the checkout), CACHEGATE_DOCKER_DAEMON_JSON
@@ -91,12 +92,13 @@ point_docker() {
                     "steps; listen on the docker0 address (server.listen = [\"auto\"])" >&2 ;;
   esac
   local result
-  result=$("$py" -m gateway.ops.hostsetup set-dns "$daemon_json" "$docker_dns")
+  result=$("$py" -m gateway.ops.hostsetup set-dns "$daemon_json" "$docker_dns" \
+    --mirror "$mirror_url")
   if [[ $result == unchanged ]]; then
     say "$daemon_json already points Docker's DNS at $docker_dns"
     return
   fi
-  say "pointed Docker's DNS at $docker_dns in $daemon_json (original kept beside it)"
+  say "pointed Docker's DNS at $docker_dns${mirror_url:+ and its registry mirror at $mirror_url} in $daemon_json (original kept beside it)"
   restart_docker
 }
 
@@ -113,11 +115,12 @@ trust_images() {
 
 ensure_venv
 py=$venv/bin/python
-STATE_DIR='' ADMIN_URL='' TRUST_IMAGES=''
+STATE_DIR='' ADMIN_URL='' TRUST_IMAGES='' MIRROR_URL=''
 env_lines=$("$py" -m gateway.ops.hostsetup "${config_args[@]}" env)
-eval "$env_lines"  # sets STATE_DIR, ADMIN_URL and TRUST_IMAGES, quoted by the helper
+eval "$env_lines"  # sets STATE_DIR, ADMIN_URL, TRUST_IMAGES and MIRROR_URL, quoted by the helper
 state_dir=$STATE_DIR
 trust_images=${trust_images:-$TRUST_IMAGES}
+mirror_url=$MIRROR_URL
 pid_file=$state_dir/cachegate.pid
 log_file=$state_dir/cachegate.log
 wait_pid=

@@ -72,11 +72,13 @@ class Host:
         self.daemon_json = tmp / "docker" / "daemon.json"
         self.daemon_json.parent.mkdir()
         self.admin_port = free_port()
+        self.mirror = f"http://127.0.0.1:{free_port()}"  # the registry mirror
         self.config = tmp / "cachegate.toml"
         self.config.write_text("\n".join([
             "[server]", f'state_dir = "{self.state}"', 'listen = ["127.0.0.1"]',
             f"http_port = {free_port()}", "https_port = 0",
             f'admin = "127.0.0.1:{self.admin_port}"',
+            "[images]", f'listen = "{self.mirror[7:]}"',
             "[dns]", f"port = {free_port()}", 'forwarders = ["127.0.0.1:9"]', ""]))
 
     def run(self, script: Path | str, systemd: bool = False,
@@ -166,8 +168,8 @@ def test_start_merges_dns_and_stop_restores_the_file_byte_for_byte(host):
     out = ok(h.run(START))
     assert "started in the background" in out and "pointed Docker's DNS at 127.0.0.1" in out
     merged = json.loads(h.daemon_json.read_text())
-    assert merged == {"log-driver": "local", "registry-mirrors": ["https://mirror.example"],
-                      "dns": ["127.0.0.1"]}
+    assert merged == {"log-driver": "local", "dns": ["127.0.0.1"],
+                      "registry-mirrors": [h.mirror, "https://mirror.example"]}
     assert stat.S_IMODE(h.daemon_json.stat().st_mode) == 0o640
     assert (h.tmp / "docker" / "daemon.json.cachegate-backup").read_bytes() == ORIGINAL
     assert h.calls() == ["service docker restart", "docker info"]
@@ -198,7 +200,8 @@ def test_with_systemd_the_unit_runs_the_gateway_and_systemctl_restarts_docker(ho
     h = host()  # and no daemon.json at all before
     out = ok(h.run(START, systemd=True))
     assert "started cachegate.service" in out and h.healthy()
-    assert json.loads(h.daemon_json.read_text()) == {"dns": ["127.0.0.1"]}
+    assert json.loads(h.daemon_json.read_text()) == {"dns": ["127.0.0.1"],
+                                                     "registry-mirrors": [h.mirror]}
     unit = ["systemctl cat cachegate.service", "systemctl is-active --quiet cachegate.service"]
     restart = ["systemctl restart docker", "docker info"]
     assert h.calls() == unit + ["systemctl start cachegate.service"] + restart
