@@ -51,6 +51,9 @@ from gateway.ecosystems.images import (MAX_MANIFEST, REGISTRIES, MirrorRequest, 
 log = Logger()
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
+# What stored manifests and blobs are listed and cleared under (``cache ls --ecosystem``);
+# the registry and repository that first brought each are in its metadata's ``extra``.
+ECOSYSTEM = "images"
 BLOB_TYPE = "application/octet-stream"
 IMMUTABLE = Rule("", Policy.IMMUTABLE)
 # A registry redirects a blob once (to its CDN); more hops than this is a loop.
@@ -393,7 +396,7 @@ class RegistryMirror:
         now = self.reactor.seconds()
         headers = [("Content-Type", filling.content_type),
                    ("Docker-Content-Digest", "sha256:" + download.sha256.hexdigest())]
-        meta = Meta(key, ex.registry.name, 200, headers,
+        meta = Meta(key, ECOSYSTEM, 200, headers,
                     freshness(IMMUTABLE, 200, {}, started, now, 0), download.size,
                     download.sha256.hexdigest(),
                     {"registry": ex.registry.name, "repository": ex.target.name})
@@ -532,6 +535,8 @@ class RegistryMirror:
         return "sha256:" + filling.download.expected.hex
 
     def _serve_entry(self, ex: Exchange, entry: Entry, label: str) -> None:
+        if label == "STALE":
+            ex.request.setHeader("Warning", '110 - "Response is Stale"')
         try:
             fd = os.open(entry.path, os.O_RDONLY)
         except FileNotFoundError:  # evicted between lookup and open

@@ -130,7 +130,7 @@ def test_stale_if_error_and_404_when_nothing_to_serve(mirror, upstream) -> None:
         upstream.fail("/v2/library/", status)
         stale = yield m.get("/v2/library/single/manifests/latest")
         assert stale.status == 200 and stale.body == top.data
-        assert stale.headers["x-cache"] == "STALE"
+        assert stale.headers["x-cache"] == "STALE" and "Stale" in stale.headers["warning"]
         head = yield m.get("/v2/library/single/manifests/latest", "HEAD")
         assert head.status == 200 and head.headers["docker-content-digest"] == top.digest
         unknown = yield m.get("/v2/library/other/manifests/latest")
@@ -309,3 +309,14 @@ def test_summary_counts_pulls_and_tag_checks(mirror, upstream) -> None:  # type:
     assert hub["pulls"] == 1  # one manifest GET upstream; the rest were HEADs
     assert hub["upstream"]["HEAD manifests"] >= 2
     assert hub["tag_checks"] == {"new": 1, "same": 1}
+
+
+@pytest_twisted.inlineCallbacks
+def test_stored_objects_are_listed_as_images(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    _, top = upstream.layouts["single"]
+    m = mirror()
+    yield m.get("/v2/library/single/manifests/latest")
+    entry = m.store.get(object_key("manifests", top.digest))
+    assert entry is not None and entry.meta.ecosystem == "images"
+    assert entry.meta.extra == {"registry": "dockerhub", "repository": "library/single"}
+    assert entry.meta.sha256 == top.digest[7:]
