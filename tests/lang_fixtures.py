@@ -38,6 +38,7 @@ RUBYGEMS_HOST = "rubygems.org"
 # Module paths need a dot in their first element; .example never resolves anywhere.
 GO_MODULES = ("cachegate.example/fixture/a", "cachegate.example/fixture/b")  # a requires b
 GO_VERSION = "v1.0.0"
+GO_SUMDB_SUPPORTED = "/sumdb/sum.golang.org/supported"
 CRATES = ("cachegate-fixture", "cgf")  # the first depends on the second (a 3-letter name:
 CRATE_VERSION = "1.0.0"                # the index's /3/c/cgf form besides /ca/ch/<name>)
 GEMS = ("cachegate-fixture", "cachegate-fixture-dep")  # the first depends on the second
@@ -98,6 +99,10 @@ def build_go(tree) -> None:  # type: ignore[no-untyped-def]
         tree.write("go", f"{base}/{GO_VERSION}.mod", mod, GO_HOST)
         tree.write("go", f"{base}/{GO_VERSION}.zip", _go_zip(module, mod, requires), GO_HOST)
         tree.write("go", f"/{module}/@latest", info, GO_HOST)
+    # proxy.golang.org also serves the checksum database: go asks this first (a 200 means
+    # "look up sums through me") and never contacts sum.golang.org itself then.  The
+    # database's lookups and tiles are signed with sum.golang.org's key, so none is here.
+    tree.write("go", GO_SUMDB_SUPPORTED, b"", GO_HOST)
 
 
 # --- crates.io sparse index ----------------------------------------------------------
@@ -227,6 +232,7 @@ def _gem_files() -> Path:
             return target
         CACHE.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix="rubygems-fixtures.", dir=CACHE))
+        partial.chmod(0o755)  # readable by runs as another user
     except OSError:
         partial = Path(tempfile.mkdtemp(prefix="cg-rubygems-"))
         _build_gems(partial)

@@ -56,5 +56,9 @@ ROWS = (
     Upstream("go", ("proxy.golang.org",), (
         Rule(r"/@v/[^/]+\.(zip|mod|info)$", Policy.IMMUTABLE),
         Rule(r"/@v/list$|/@latest$", Policy.REVALIDATE, INDEX_TTL),
+        # go's first question with GOSUMDB at its default: does this proxy serve the
+        # checksum database?  Asked on every run; the lookups and tiles it then fetches
+        # through the proxy are left to their own headers (standard).
+        Rule(r"^/sumdb/[^/]+/supported$", Policy.REVALIDATE, INDEX_TTL),
     ), ecosystem=Go()),
 )

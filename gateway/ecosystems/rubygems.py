@@ -46,7 +46,7 @@ class RubyGems(Ecosystem):
 ROWS = (
     Upstream("rubygems", ("rubygems.org", "index.rubygems.org"), (
         Rule(r"^/(gems/[^/]+\.gem|quick/Marshal\.4\.8/[^/]+\.gemspec\.rz)$", Policy.IMMUTABLE),
-        Rule(r"^/(info/|versions$|names$|specs\.4\.8\.gz$|latest_specs\.4\.8\.gz$)",
+        Rule(r"^/(info/|versions$|names$|(latest_|prerelease_)?specs\.4\.8\.gz$)",
              Policy.REVALIDATE, INDEX_TTL),
         # gem install's first request, HEAD index.rubygems.org/: a 200 there means "use the
         # compact index".  Revalidated like the index, so a warm build (and one during an

@@ -119,20 +119,44 @@ def test_unconfigured_client_is_served_by_cachegate(client, world, tree, origin,
     assert "Traceback" not in world.gateway.log_tail(10**6)
 
 
-@pytest_twisted.inlineCallbacks
-def test_go_checks_sum_golang_org_directly_it_is_not_in_the_catalogue(world, tree, origin,
-                                                                       upstream_dns, tmp_path):
-    """With GOSUMDB left at its default, go asks sum.golang.org about every module it has
-    not seen in go.sum.  That name is forwarded, never redirected: here the forwarder knows
-    no such host, so the build fails, as it does on a build host that cannot reach
-    sum.golang.org (README: what a real Go build does with sum.golang.org)."""
-    need(lang_clients.missing("go") is None, str(lang_clients.missing("go")))
-    [step] = lang_clients.build_steps("go", tmp_path / "sumdb")
+def go_with_default_sumdb(world, work: Path):  # type: ignore[no-untyped-def]
+    """go mod download with GOSUMDB left at its default, in the cold container."""
+    [step] = lang_clients.build_steps("go", work)
     env = {k: v for k, v in step.env.items() if k != "GOSUMDB"}
     argv = world.cold.argv(lang_clients.in_trusting_image(step.argv, world.bundle))
-    done = yield run(argv, env=env, cwd=step.cwd)
-    assert done.returncode != 0
-    assert "sum.golang.org" in done.stderr and "verifying" in done.stderr, done.stderr
-    assert "sum.golang.org" in upstream_dns.names()
+    return run(argv, env=env, cwd=step.cwd)
+
+
+@pytest_twisted.inlineCallbacks
+def test_go_asks_the_checksum_database_through_proxy_golang_org(world, origin, upstream_dns,
+                                                                 tmp_path):
+    """With GOSUMDB at its default, go asks its proxy whether it serves the checksum
+    database; proxy.golang.org says yes, so the lookups go to proxy.golang.org, through
+    cachegate, and sum.golang.org is never resolved.  (They fail here: the database's
+    signed answers cannot be faked, hence GOSUMDB=off in the tests above.)"""
+    need(lang_clients.missing("go") is None, str(lang_clients.missing("go")))
+    done = yield go_with_default_sumdb(world, tmp_path / "sumdb")
+    assert done.returncode != 0 and "verifying" in done.stderr, done.stderr
     fetched = {r.path for r in origin.requests}
-    assert f"/go/{lf.GO_MODULES[0]}/@v/{lf.GO_VERSION}.mod" in fetched  # from the cache's side
+    assert f"/go{lf.GO_SUMDB_SUPPORTED}" in fetched
+    lookup = f"/go/sumdb/sum.golang.org/lookup/{lf.GO_MODULES[0]}@{lf.GO_VERSION}"
+    assert lookup in fetched, sorted(fetched)
+    assert "sum.golang.org" not in upstream_dns.names()
+
+
+@pytest_twisted.inlineCallbacks
+def test_behind_a_proxy_without_the_database_go_resolves_sum_golang_org_itself(
+        world, origin, upstream_dns, tmp_path):
+    """A GOPROXY that does not serve the checksum database (404 on .../supported): go
+    connects to sum.golang.org itself.  That name is not in the catalogue: cachegate
+    forwards it, and where it does not resolve (or cannot be reached) the build fails
+    (README: what a real Go build does with sum.golang.org)."""
+    need(lang_clients.missing("go") is None, str(lang_clients.missing("go")))
+    origin.behave(f"/go{lf.GO_SUMDB_SUPPORTED}", status=404)
+    try:
+        done = yield go_with_default_sumdb(world, tmp_path / "sumdb")
+    finally:
+        origin.behave(f"/go{lf.GO_SUMDB_SUPPORTED}")
+    assert done.returncode != 0
+    assert "lookup sum.golang.org" in done.stderr and "verifying" in done.stderr, done.stderr
+    assert "sum.golang.org" in upstream_dns.names()
