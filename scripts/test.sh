@@ -15,10 +15,11 @@ error() { echo "error: $*" >&2; exit 1; }
 # Docker (docker.io, containerd, runc) for the session's private dockerd (tests/docker_daemon.py),
 # Go, Debian's cargo (cargo-web: /usr/bin/cargo, sparse index by default), gem and bundler
 # (tests/ecosystems/test_lang_clients.py; gem also builds the RubyGems fixtures).
+# prometheus (and promtool) scrape a live gateway and check the shipped rules (tests/ops).
 DEBS=(bind9-dnsutils curl openssl apt dpkg gpg maven libmaven-dependency-plugin-java junit4
       shellcheck chromium systemd iproute2 debootstrap busybox-static
       build-essential libssl-dev zlib1g-dev pkg-config docker.io containerd runc
-      golang-go cargo-web ruby ruby-bundler docker-registry skopeo)
+      golang-go cargo-web ruby ruby-bundler docker-registry skopeo prometheus)
 missing=()
 for deb in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "ok installed" || missing+=("$deb")
