@@ -6,7 +6,8 @@
       cache ls [--ecosystem E] [--prefix P] [--sha256 HEX] [--json]
       cache clear [--ecosystem E] [--prefix P] [--yes]
       cache verify [--json]
-      stats [--watch [--interval S] [--count N]] [--json]
+      stats [--watch [--interval S] [--count N]] [--json] [--wide]
+      monitoring rules | scrape               Prometheus rules; a scrape job for this host
       doctor [--daemon-json FILE] [--trust-bundle FILE] [--forwarded-name NAME]
       warm [--format F] [--jobs N] [--dry-run] [--json] [--pin NAME] LOCKFILE...
       pin add NAME (--key-from LOCKFILE... | LOCKFILE...) | ls | rm NAME
@@ -49,6 +50,7 @@ log = Logger()
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 LOCK_FILE = "serve.lock"
+STATS_WIDTH = 100  # columns `cachegate stats` fits in unless --wide
 DAEMON_JSON_ENV = "CACHEGATE_DOCKER_DAEMON_JSON"
 
 
@@ -82,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--count", type=int, default=0, metavar="N",
                        help="with --watch: stop after N refreshes (default: never)")
     stats.add_argument("--json", action="store_true", help="the raw /api/stats document")
+    stats.add_argument("--wide", action="store_true",
+                       help=f"URLs whole (default: the table fits {STATS_WIDTH} columns)")
+    _monitoring_parser(commands)
     doctor = commands.add_parser(
         "doctor", help="check ports, DNS, TLS, trust, Docker and upstreams",
         description="Check the whole chain, one line per check, with the fix for each "
@@ -195,6 +200,33 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
 def _ca(config: Config, args: argparse.Namespace) -> int:
     return {"export": ca_export, "path": ca_path, "rotate": ca_rotate}[args.action](config, args)
+
+
+def _monitoring_parser(commands: Any) -> None:
+    monitoring = commands.add_parser(
+        "monitoring", help="Prometheus rules and scrape config",
+        description="What Prometheus needs to watch cachegate: the recording and alerting "
+                    "rules shipped with it, and a scrape job for this configuration.")
+    monitoring.add_argument("action", choices=["rules", "scrape"],
+                            help="rules: print rules.yml (rule_files); scrape: print a "
+                                 "scrape_configs entry for server.admin")
+
+
+def monitoring(config: Config, args: argparse.Namespace) -> int:
+    from gateway.ops.monitoring import rules_text
+
+    if args.action == "rules":
+        sys.stdout.write(rules_text())
+        return EXIT_OK
+    host, port = config.server.admin
+    host = f"[{host}]" if ":" in host else host
+    print("# prometheus.yml: scrape_configs (the rules expect job_name: cachegate)\n"
+          "  - job_name: cachegate\n"
+          "    scrape_interval: 15s\n"
+          "    metrics_path: /metrics\n"
+          "    static_configs:\n"
+          f'      - targets: ["{host}:{port}"]')
+    return EXIT_OK
 
 
 def _cache(config: Config, args: argparse.Namespace) -> int:
@@ -447,14 +479,17 @@ def stats(config: Config, args: argparse.Namespace) -> int:
             sys.stdout.write("\x1b[H\x1b[2J")  # home, clear: a refreshing screen
         elif shown:
             print()
-        print(json.dumps(doc, indent=2) if args.json else format_stats(doc), flush=True)
+        print(json.dumps(doc, indent=2) if args.json else
+              format_stats(doc, None if args.wide else STATS_WIDTH), flush=True)
         shown += 1
         if not args.watch or shown == args.count:
             return EXIT_OK
         time.sleep(args.interval)
 
 
-def format_stats(doc: dict[str, Any]) -> str:
+def format_stats(doc: dict[str, Any], width: int | None = STATS_WIDTH) -> str:
+    """The figures as text; the TOP OBJECTS table fits ``width`` columns (URLs shortened
+    in the middle), None: URLs whole."""
     total, cache = doc["gateway"]["total"], doc["cache"]
     served = total["bytes_from_cache"] + total["bytes_from_upstream"]
     dns = doc["dns"]
@@ -464,8 +499,10 @@ def format_stats(doc: dict[str, Any]) -> str:
         f"from cache {human_bytes(total['bytes_from_cache'])}, from upstream "
         f"{human_bytes(total['bytes_from_upstream'])}"
         + (f" ({percent(total['bytes_from_cache'] / served)} of bytes saved)" if served else ""),
-        f"cache: {cache['objects']} objects, {human_bytes(cache['bytes'])} of "
-        f"{human_bytes(cache['limit'])}; downloads in progress: {doc['downloads']['active']}",
+        f"cache: {cache['objects']} objects, "
+        f"{human_bytes(sum(e['bytes'] for e in cache['ecosystems'].values()))} stored "
+        f"(bodies); on disk {human_bytes(cache['bytes'])} of {human_bytes(cache['limit'])}; "
+        f"downloads in progress: {doc['downloads']['active']}",
         f"dns: {dns['queries']} queries, {dns['redirected']} redirected, {dns['forwarded']} "
         f"forwarded, {dns['cache_hits']} from its cache",
         "",
@@ -479,10 +516,29 @@ def format_stats(doc: dict[str, Any]) -> str:
                  human_bytes(t["bytes_from_cache"]), human_bytes(t["bytes_from_upstream"])]
                 for name, t in doc["gateway"]["clients"].items()]),
         "",
-        _table(["TOP OBJECTS", "REQUESTS", "SENT"],
-               [[o["url"], o["requests"], human_bytes(o["bytes"])] for o in doc["top"]]),
+        _top_objects(doc["top"], width),
     ]
     return "\n".join(lines)
+
+
+def _top_objects(top: list[dict[str, Any]], width: int | None) -> str:
+    rows = [[o["url"], str(o["requests"]), human_bytes(o["bytes"])] for o in top]
+    if width is not None and rows:
+        others = sum(max(len(h), *(len(r[i]) for r in rows)) + 2
+                     for i, h in ((1, "REQUESTS"), (2, "SENT")))
+        room = max(width - others, len("TOP OBJECTS"))
+        rows = [[shorten_middle(r[0], room), *r[1:]] for r in rows]
+    return _table(["TOP OBJECTS", "REQUESTS", "SENT"], rows)
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters: its start and end kept, the middle
+    replaced by "..." (a URL's host and file name are what tell objects apart)."""
+    if len(text) <= width:
+        return text
+    keep = max(width - 3, 2)
+    head = (keep + 1) // 2
+    return text[:head] + "..." + text[len(text) - (keep - head):]
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -541,7 +597,8 @@ def _marks(stream: IO[str]) -> dict[bool | None, str]:
 
 
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
-    "serve": _serve, "ca": _ca, "cache": _cache, "stats": stats, "doctor": doctor}
+    "serve": _serve, "ca": _ca, "cache": _cache, "stats": stats, "doctor": doctor,
+    "monitoring": monitoring}
 
 
 if __name__ == "__main__":
