@@ -16,6 +16,11 @@ from gateway.ecosystems.lockfiles import Item, LockfileError, Resolve
 
 INDEX = "https://pypi.org/simple"
 PEP691 = "application/vnd.pypi.simple.v1+json"
+# The index is asked for as pip asks (the page varies on both): the variant pip reads
+# during the build is then the one warmed.
+PIP_HEADERS = {"accept": "application/vnd.pypi.simple.v1+json, "
+                         "application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01",
+               "accept-encoding": "gzip, deflate"}
 _PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*===?\s*([^\s;]+)")
 _DIRECT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*@\s*(\S+)")
 _HASH = re.compile(r"--hash[=\s]+(\w+):([0-9a-fA-F]+)")
@@ -35,15 +40,21 @@ def index_item(name: str, version: str, sha256s: set[str], index: str = INDEX) -
         found = []
         for f in doc.get("files", []):
             sha256 = str((f.get("hashes") or {}).get("sha256", "")).lower()
-            if sha256 in sha256s:
-                found.append(Item(f"{name}=={version} {f.get('filename')}",
-                                  urljoin(url, f["url"]).split("#", 1)[0],
-                                  Digest("sha256", sha256, "lockfile")))
+            if sha256 not in sha256s:
+                continue
+            file_url = urljoin(url, f["url"]).split("#", 1)[0]
+            found.append(Item(f"{name}=={version} {f.get('filename')}", file_url,
+                              Digest("sha256", sha256, "lockfile")))
+            metadata = f.get("core-metadata") or f.get("data-dist-info-metadata")
+            if isinstance(metadata, dict) and metadata.get("sha256"):  # PEP 658: pip reads it
+                found.append(Item(f"{name}=={version} {f.get('filename')}.metadata",
+                                  file_url + ".metadata",
+                                  Digest("sha256", str(metadata["sha256"]).lower(), "index")))
         if not found:
             found.append(Item(f"{name}=={version}", skipped="the index lists no file with "
                                                             "a hash the lockfile gives"))
         return found
-    return Item(f"{name}=={version}", resolve=Resolve(url, {"accept": PEP691}, pick))
+    return Item(f"{name}=={version}", resolve=Resolve(url, PIP_HEADERS, pick))
 
 
 def _logical_lines(text: str) -> list[str]:

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from gateway.cache.download import Download, VerificationError
 from gateway.cache.flight import Failed, Retry, Stored, Streaming, Target
-from gateway.cache.integrity import FIRST_SEEN
+from gateway.cache.integrity import FIRST_SEEN, decode
 from gateway.cache.keys import base_key, normalise_path, variant_key
 from gateway.cache.rules import Digest, Policy, find_upstream
 
@@ -108,7 +108,8 @@ class Prefetcher:
             outcome = yield self.top.gateway.flights.obtain(target, entry)
             out = yield self._outcome(dict(result, key=key), outcome, upstream.name)
         if doc.get("body") and out.get("status") in ("stored", "fetched", "verified"):
-            out["body"] = self._body(key)
+            # Looked up again: the first response may have taught the store its Vary.
+            out["body"] = self._body(variant_key(base, store.vary(base), headers))
         return out
 
     @defer.inlineCallbacks
@@ -164,9 +165,10 @@ class Prefetcher:
             return None
         try:
             with open(entry.path, "rb") as f:
-                return base64.b64encode(f.read()).decode()
+                data = decode(f.read(), entry.meta.header("content-encoding") or "")
         except OSError:
             return None
+        return base64.b64encode(data).decode() if data is not None else None
 
 
 def _finished(download: Download, reactor) -> defer.Deferred:  # type: ignore[no-untyped-def]
