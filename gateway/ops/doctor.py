@@ -3,8 +3,9 @@
 Ports (free to bind, or held by the running gateway), DNS (a catalogue name answered with
 our address, another name forwarded), HTTPS (each catalogue name's certificate verifies
 against our CA), the CA in the host's trust store, Docker's ``daemon.json`` pointing its
-DNS at us, the images of ``trust.images`` still trusting the CA, and each upstream
-reachable.  Every failed check carries the fix.  Checks are
+DNS at us and its ``registry-mirrors`` at the registry mirror (which must answer: dockerd
+silently goes to Docker Hub when it does not), the images of ``trust.images`` still
+trusting the CA, and each upstream reachable.  Every failed check carries the fix.  Checks are
 blocking and bounded by ``timeout``; the slow ones (upstreams) run in parallel.
 """
 
@@ -64,7 +65,7 @@ class Situation:
 def run_checks(s: Situation) -> list[Check]:
     checks = [*check_addresses(s), *check_ports(s), *check_dns(s), check_https(s),
               check_trust(s), check_clients_trust(s), check_docker(s),
-              check_trusted_images(s.config)]
+              check_registry_mirror(s), check_trusted_images(s.config)]
     return checks + check_upstreams(s)
 
 
@@ -311,6 +312,44 @@ def check_docker(s: Situation) -> Check:
     if servers[0] not in ours:
         return Check(False, title, f"dns is {servers}: the gateway is not first", fix)
     return Check(True, title, f"dns is {servers}")
+
+
+def check_registry_mirror(s: Situation) -> Check:
+    """``registry-mirrors`` names the mirror first, and the mirror answers ``/v2/``."""
+    from gateway.ops.hostsetup import mirror_url
+    url = mirror_url(s.config)
+    title = "Docker registry mirror"
+    if not url:
+        return Check(None, title, "images.listen is off")
+    fix = (f'scripts/start.sh, or put "{url}" first in "registry-mirrors" in '
+           f"{s.daemon_json} and restart Docker")
+    try:
+        config = json.loads(s.daemon_json.read_text())
+    except (OSError, ValueError):
+        config = None
+    mirrors = config.get("registry-mirrors") if isinstance(config, dict) else None
+    if config is None and shutil.which("dockerd") is None:
+        return Check(None, title, "Docker is not installed")
+    if not isinstance(mirrors, list) or not mirrors or str(mirrors[0]).rstrip("/") != url:
+        return Check(False, title, f"registry-mirrors is {mirrors or 'not set'}: image pulls "
+                     "bypass the cache", fix)
+    problem = _mirror_problem(url, s.timeout)
+    if problem:
+        return Check(False, title, f"{url} {problem}: dockerd silently pulls from Docker "
+                     "Hub instead", START_FIX)
+    return Check(True, title, f"registry-mirrors starts with {url}, which answers")
+
+
+def _mirror_problem(url: str, timeout: float) -> str | None:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"{url}/v2/", timeout=timeout) as response:
+            if response.headers.get("Docker-Distribution-API-Version") != "registry/2.0":
+                return "answers, but not as a registry"
+    except (OSError, urllib.error.URLError) as e:
+        return f"does not answer ({getattr(e, 'reason', e)})"
+    return None
 
 
 # -- upstreams -------------------------------------------------------------------------

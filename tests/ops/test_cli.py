@@ -229,7 +229,8 @@ def doctor_config(tmp_path: Path, origin_url: str, forwarder: str, **changes: st
     """Every port fixed (doctor reads them from the file, as the gateway does)."""
     lines = ["[server]", f'state_dir = "{tmp_path / "state"}"', 'listen = ["127.0.0.1"]',
              f"http_port = {free_port()}", f"https_port = {free_port()}",
-             f'admin = "127.0.0.1:{free_port()}"', "[dns]", f"port = {free_port()}",
+             f'admin = "127.0.0.1:{free_port()}"',
+             "[images]", f'listen = "127.0.0.1:{free_port()}"', "[dns]", f"port = {free_port()}",
              f'forwarders = ["{forwarder}"]', f'advertise_ipv4 = "{ADVERTISED}"']
     for upstream in BUILTIN:
         origin = changes.get(upstream.name, f"{origin_url}/{upstream.name}")
@@ -260,7 +261,9 @@ def test_doctor_passes_every_check_of_a_healthy_setup_and_names_the_fix_for_each
     bundle = tmp_path / "bundle.crt"
     bundle.write_text("# the host's CAs\n" + pem)
     daemon = tmp_path / "daemon.json"
-    daemon.write_text(json.dumps({"dns": [ADVERTISED], "log-driver": "local"}))
+    mirror = "http://127.0.0.1:%d" % config.images.listen[1]  # type: ignore[index]
+    daemon.write_text(json.dumps({"dns": [ADVERTISED], "log-driver": "local",
+                                  "registry-mirrors": [mirror]}))
     args = ["doctor", "--daemon-json", str(daemon), "--trust-bundle", str(bundle),
             "--timeout", "1"]
     try:
@@ -270,6 +273,7 @@ def test_doctor_passes_every_check_of_a_healthy_setup_and_names_the_fix_for_each
         assert failed == {"upstream gradle (http://127.0.0.1:9)",
                           "build images trust the CA"}, out  # none listed: skipped
         assert found["build images trust the CA"] == "–"
+        assert found["Docker registry mirror"] == "✓"
         assert code == 1
         assert "fix: check the network, proxy and firewall" in out
         assert found[f"DNS 127.0.0.1:{config.dns.port} redirects deb.debian.org"] == "✓"
@@ -286,6 +290,7 @@ def test_doctor_passes_every_check_of_a_healthy_setup_and_names_the_fix_for_each
         assert verdicts(out)["CA in the host trust store"] == "✗"
         assert "update-ca-certificates" in out
         assert 'no "dns" key' in out and f'"dns": ["{ADVERTISED}"]' in out
+        assert verdicts(out)["Docker registry mirror"] == "✗"
     finally:
         yield gw.service.stopService()
 
