@@ -46,6 +46,7 @@ class RegistryOrigin:
     tags: dict[tuple[str, str], str] = field(default_factory=dict)  # (repo, tag) -> digest
     blobs: dict[str, Blob] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)  # digests served with a flipped byte
+    stall: dict[str, int] = field(default_factory=dict)  # digest -> bytes sent, then silence
     faults: dict[str, Fault] = field(default_factory=dict)  # by path substring
     seen: list[Seen] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)  # token -> scope
@@ -167,6 +168,10 @@ class RegistryOrigin:
             data = data[:-1] + bytes([data[-1] ^ 0xFF])
         request.setHeader("Content-Type", "application/octet-stream")
         request.setHeader("Docker-Content-Digest", blob.digest)
+        if blob.digest in self.stall and request.method != b"HEAD":
+            request.setHeader("Content-Length", str(len(data)))
+            request.write(data[:self.stall[blob.digest]])
+            return server.NOT_DONE_YET  # type: ignore[return-value]
         return _body(request, data)
 
 
