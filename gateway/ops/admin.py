@@ -150,7 +150,13 @@ class AdminAPI:
         return {"status": "ok", "uptime": self.reactor.seconds() - self.started,
                 "docker_dns": self.top.advertise_ipv4, "addresses": self.top.addresses,
                 "listeners": self.listeners(),
-                "untrusting": advice(self.top.passthrough.stats.as_dict())}
+                "untrusting": advice(self.top.passthrough.stats.as_dict()),
+                "integrity": self.integrity_brief()}
+
+    def integrity_brief(self) -> dict[str, Any]:
+        """Refused bodies for doctor: counts and the last few events."""
+        summary = self.top.gateway.flights.integrity.summary()
+        return {"counts": summary["counts"], "recent": summary["events"][-3:]}
 
     def listeners(self) -> dict[str, list[int]]:
         return {kind: self.top.ports(kind) for kind in ("http", "https", "proxy", "dns", "admin")}

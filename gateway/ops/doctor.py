@@ -66,7 +66,29 @@ def run_checks(s: Situation) -> list[Check]:
     checks = [*check_addresses(s), *check_ports(s), *check_dns(s), check_https(s),
               check_trust(s), check_clients_trust(s), check_docker(s),
               check_registry_mirror(s), check_trusted_images(s.config)]
-    return checks + check_upstreams(s)
+    return checks + [check_integrity(s)] + check_upstreams(s)
+
+
+def check_integrity(s: Situation) -> Check:
+    """Bodies the running gateway refused: a digest mismatch (the upstream served bytes
+    its own index or a lockfile disagrees with) or drift (new bytes for an immutable URL)."""
+    title = "integrity"
+    brief = (s.live or {}).get("integrity")
+    if brief is None:
+        return Check(None, title, "the gateway is not running")
+    counts = brief.get("counts", {})
+    refused = {k: counts.get(k, 0) for k in ("mismatch", "drift", "drift_accepted")}
+    if not any(refused.values()):
+        return Check(True, title, f"no digest mismatch or drift "
+                                  f"({counts.get('verified', 0)} fills verified)")
+    last = brief["recent"][-1] if brief.get("recent") else None
+    detail = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in refused.items() if n)
+    if last:
+        detail += f"; last: {last['kind']} {last['url']}: {last['reason']}"
+    return Check(False, title, detail,
+                 "nothing bad was stored or served whole; see /api/integrity on the admin "
+                 "API; if the new upstream bytes are legitimate, `cachegate cache clear "
+                 "--prefix URL` (or cache.on_drift = \"accept\")")
 
 
 # -- listening -------------------------------------------------------------------------

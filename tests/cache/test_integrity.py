@@ -58,6 +58,7 @@ def test_an_artifact_is_checked_against_the_index_the_gateway_stored(name, origi
     [entry] = _stored(gw, host, path)
     assert entry.meta.extra["verified"] and entry.meta.extra["verified"] != "unverified", \
         entry.meta.extra
+    assert doctor_integrity(gw).ok is True
     assert [e.key for e in gw.store.find_sha256(artifact.sha256)] == [entry.key]
     assert origin.count(f"/{eco}{path}") == 1
 
@@ -78,6 +79,19 @@ def test_bytes_that_disagree_with_the_index_are_aborted_and_never_stored(name, o
     [event] = integrity.events
     assert event.kind == "mismatch" and event.url == host + path and event.refused
     assert find_problems(list(gw.store.entries()))[2] == []  # cache verify stays clean
+    check = doctor_integrity(gw)
+    assert check.ok is False and "1 mismatch" in check.detail and host + path in check.detail
+
+
+def doctor_integrity(gw):  # type: ignore[no-untyped-def]
+    """doctor's integrity check, judged on the running gateway's /healthz document."""
+    from pathlib import Path
+
+    from gateway.ops.admin import AdminService
+    from gateway.ops.doctor import Situation, check_integrity
+    api = next(child for child in gw.service if isinstance(child, AdminService)).api
+    return check_integrity(Situation(gw.config, [], api.health(), None, Path("/nonexistent"),
+                                     None, "example.com", 1.0))
 
 
 @pytest_twisted.inlineCallbacks
