@@ -101,6 +101,7 @@ class RegistryClient:
         self.fetcher = fetcher
         self.credentials = credentials or {}
         self.tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self.token_requests = Shared()
         # Upstream requests by (registry, method, what): "manifests" GETs are what Docker
         # Hub counts as pulls; "blobs", "token", and "redirect" (the CDN) are free there.
         self.counts: Counter[tuple[str, str, str]] = Counter()
@@ -119,7 +120,9 @@ class RegistryClient:
         response = yield self._follow(registry, url, method, url, sent)
         challenge = parse_challenge(_header(response, "www-authenticate"))
         if response.code == 401 and challenge is not None and challenge.scheme == "bearer":
-            token = yield self._new_token(registry, name, challenge)
+            # One token request per scope however many requests met the challenge at once.
+            token = yield self.token_requests(f"{registry.name}\n{scope}",
+                                              lambda: self._new_token(registry, name, challenge))
             if token:
                 _drain(response)
                 sent["authorization"] = f"Bearer {token}"

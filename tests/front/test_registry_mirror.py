@@ -320,3 +320,23 @@ def test_stored_objects_are_listed_as_images(mirror, upstream) -> None:  # type:
     assert entry is not None and entry.meta.ecosystem == "images"
     assert entry.meta.extra == {"registry": "dockerhub", "repository": "library/single"}
     assert entry.meta.sha256 == top.digest[7:]
+
+
+@pytest_twisted.inlineCallbacks
+def test_range_while_the_blob_fills_and_one_token_for_a_herd(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    layout = Layout()
+    top = layout.image("filling", layer_sizes=(400_000,))
+    upstream.add("library/filling", "latest", layout, top)
+    digests = _blobs(layout, top.digest)
+    layer = digests[-1]
+    data = layout.blobs[layer].data
+    upstream.stall[layer] = 200_000
+    m = mirror()
+    whole = m.get(f"/v2/library/filling/blobs/{layer}")  # starts the fill, which stalls
+    herd = [m.get(f"/v2/library/filling/blobs/{d}") for d in digests[:-1] for _ in range(3)]
+    part = yield m.get(f"/v2/library/filling/blobs/{layer}", range="bytes=1000-1999")
+    assert part.status == 206 and part.body == data[1000:2000]  # from the partial file
+    yield defer.gatherResults(herd)
+    assert upstream.count("GET", where="token") == 1
+    whole.addErrback(lambda _: None)
+    yield m.close()  # the stalled fill is abandoned
