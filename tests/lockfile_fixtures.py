@@ -116,7 +116,7 @@ def _go(fx, d: Path) -> dict[str, LockCase]:  # type: ignore[no-untyped-def]
                 h1 = go_h1([(i.filename, z.read(i)) for i in z.infolist() if not i.is_dir()])
             mod = fx.get("go", o.path[:-4] + ".mod").file.read_bytes()
             lines += [f"{module} v1.0.0 {h1}", f"{module} v1.0.0/go.mod {go_h1([('go.mod', mod)])}"]
-            artifacts += [f"/go{o.path}", f"/go{o.path[:-4]}.mod"]
+            artifacts += [f"/go{o.path}", f"/go{o.path[:-4]}.mod", f"/go{o.path[:-4]}.info"]
     (d / "go").mkdir()
     (d / "go/go.sum").write_text("\n".join(sorted(lines)) + "\n")
     return {"go.sum": LockCase(d / "go/go.sum", artifacts)}

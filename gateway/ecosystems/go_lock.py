@@ -32,6 +32,8 @@ def go_sum(text: str, path: Path) -> list[Item]:
             items.append(Item(f"{module}@{version} go.mod", module_url(module, version, "mod"),
                               Digest(H1, h1, "lockfile")))
         elif required is None or module in required:
+            # The .info too: `go mod download` reads it (no digest covers it).
+            items.append(Item(f"{module}@{version} info", module_url(module, version, "info")))
             items.append(Item(f"{module}@{version}", module_url(module, version, "zip"),
                               Digest(H1, h1, "lockfile")))
     return items

@@ -249,3 +249,58 @@ def test_pip_install_require_hashes_from_the_cache_after_a_warm(cases, origin, s
     ok(done)
     assert (target / "cachegate_fixture_a" / "payload.bin").exists()
     assert (target / "cachegate_fixture_b" / "payload.bin").exists()
+
+
+@pytest_twisted.inlineCallbacks
+def test_go_mod_download_verifies_the_warmed_modules_with_the_origin_stopped(
+        cases, fixtures, origin, start_gateway, tmp_path, capsys):
+    """The real go client checks every zip and go.mod against the same go.sum: the h1:
+    the gateway verified on fill is the one go computes."""
+    need(shutil.which("go"), "go not installed (Debian package golang-go)")
+    gw = start_gateway(origin.url)
+    config = cli_config(tmp_path, gw)
+    case = cases["go.sum"]
+    code, out, _ = yield cachegate(capsys, config, "warm", "--json", str(case.path))
+    assert code == 0
+    assert {i["status"] for i in report(out)["items"] if i["url"].endswith(".zip")} == {"verified"}
+    yield origin.stop_serving()
+    project = case.path.parent
+    (project / "go.mod").write_text("module cachegate.example/build\n\ngo 1.16\n\n"
+                                    "require cachegate.example/fixture/a v1.0.0\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"),
+           "GOPATH": str(tmp_path / "gopath"), "GOCACHE": str(tmp_path / "gocache"),
+           "GOPROXY": "http://proxy.golang.org", "GOSUMDB": "off", "GOFLAGS": "-modcacherw",
+           "HTTP_PROXY": f"http://127.0.0.1:{gw.port}", "GONOSUMCHECK": "", "GOTOOLCHAIN": "local"}
+    done = yield run(["go", "mod", "download"], env=env, cwd=str(project))
+    ok(done)
+    zips = list((tmp_path / "gopath/pkg/mod/cache/download").rglob("*.zip"))
+    assert len(zips) == 2
+
+
+@pytest.mark.parametrize("fmt", ["package-lock", "cargo", "maven", "apt", "gemfile", "go.sum"])
+@pytest_twisted.inlineCallbacks
+def test_warm_reports_a_mismatch_when_upstream_bytes_disagree(fmt, cases, origin,
+                                                              start_gateway, tmp_path, capsys):
+    """Failure twins: the origin serves a tarball, crate, jar, .deb, gem or module zip whose
+    bytes disagree with the digest: the item is a mismatch, nothing is stored, cache
+    verify stays clean, exit 1."""
+    from gateway.cache.verify import find_problems
+    from tests.fixtures import counter_bytes
+    if fmt not in cases:
+        pytest.skip(f"the fixture tree has no {fmt} objects here")
+    case = cases[fmt]
+    target = next(p for p in case.artifacts
+                  if p.endswith((".tgz", "/download", ".jar", ".deb", ".gem", ".zip")))
+    origin.behave(target, body=counter_bytes(4096, b"tampered"))
+    gw = start_gateway(origin.url)
+    config = cli_config(tmp_path, gw)
+    code, out, _ = yield cachegate(capsys, config, "warm", "--json", str(case.path))
+    assert code == 1
+    items = report(out)["items"]
+    bad = [i for i in items if i["status"] != "verified" and i["status"] in
+           ("mismatch", "failed", "drift")]
+    assert [i["status"] for i in bad] == ["mismatch"], items
+    host_path = target.split("/", 2)[2]
+    assert not [e for e in gw.store.entries() if e.meta.url.endswith(host_path)]
+    assert find_problems(list(gw.store.entries()))[2] == []
+    assert report(out)["summary"]["counts"]["mismatch"] == 1
