@@ -118,8 +118,10 @@ class Flights:
 
         def streaming(response) -> Outcome:  # type: ignore[no-untyped-def]
             download = Download(self.store.new_partial(), _length(response))
-            outcome = Streaming(download, response.code, replayable(header_pairs(response.headers)),
-                                "PASS")
+            pairs = header_pairs(response.headers)
+            # Forwarded, not served from the cache: the upstream's Age goes on as it is.
+            age = [(name, value) for name, value in pairs if name.lower() == "age"][:1]
+            outcome = Streaming(download, response.code, replayable(pairs) + age, "PASS")
             self.on_download(download, url)
             self.reactor.callLater(0, fetcher.deliver, response, download)
             return outcome
@@ -317,8 +319,7 @@ class Flight:
         if group is not None and previous != meta.sha256:
             self.flights.store.set_suite_changed(group, meta.freshness.response_time)
         if status == 200:
-            integrity.committed(target.rule, target.base, meta, target.upstream.name,
-                                self.flights.events)
+            integrity.committed(target.rule, target.base, meta)
             # The reader's descriptor survives the rename: the index is read in a thread.
             integrity.learn(target.upstream, target.path, download.open_reader(), pairs)
 
@@ -334,8 +335,7 @@ class Flight:
                 self.flights.events.integrity_failure(self.target.upstream.name, "download")
             else:
                 self.flights.events.upstream_failure(self.target.upstream.name, download.error)
-            self.flights.integrity.refused(download, self.target.base,
-                                           self.target.upstream.name, self.flights.events)
+            self.flights.integrity.refused(download, self.target.base)
             log.error("download of {url} failed: {error}", url=self.target.url,
                       error=download.error.getErrorMessage())
         self._end()

@@ -208,6 +208,17 @@ def test_age_sent_is_upstream_age_plus_transit_plus_time_in_the_cache(gateway, r
     assert fresh_hit.headers["x-cache"] == "HIT" and 1 <= int(fresh_hit.headers["age"]) < 100
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_relayed_response_keeps_the_upstreams_age(gateway, raw):
+    raw.answer("/artifacts/age/private", fixed(200, [("Cache-Control", "max-age=3600"),
+                                                     ("Age", "77")]))
+    gw = gateway()
+    for _ in range(2):
+        reply = yield fetch(gw.port, USER_HOST, "/age/private", {"Authorization": "Bearer t"})
+        assert reply.headers["x-cache"] == "PASS" and reply.headers["age"] == "77"
+    assert raw.count("/artifacts/age/private") == 2
+
+
 def revalidated_by(age_in_304: str | None):  # type: ignore[no-untyped-def]
     """200 that is stale on arrival (Age 500 > max-age 400); a 304 for its ETag, dated
     now, with ``age_in_304`` as its Age."""
