@@ -503,6 +503,7 @@ def format_stats(doc: dict[str, Any], width: int | None = STATS_WIDTH) -> str:
         f"{human_bytes(sum(e['bytes'] for e in cache['ecosystems'].values()))} stored "
         f"(bodies); on disk {human_bytes(cache['bytes'])} of {human_bytes(cache['limit'])}; "
         f"downloads in progress: {doc['downloads']['active']}",
+        *_integrity_line(doc),
         f"dns: {dns['queries']} queries, {dns['redirected']} redirected, {dns['forwarded']} "
         f"forwarded, {dns['cache_hits']} from its cache",
         "",
@@ -539,6 +540,16 @@ def shorten_middle(text: str, width: int) -> str:
     keep = max(width - 3, 2)
     head = (keep + 1) // 2
     return text[:head] + "..." + text[len(text) - (keep - head):]
+
+
+def _integrity_line(doc: dict[str, Any]) -> list[str]:
+    """Pinned bytes and what fills were checked against (when there is anything to say)."""
+    pinned = doc["cache"].get("pinned", 0)
+    counts = doc.get("integrity") or {}
+    if not pinned and not counts:
+        return []
+    said = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(counts.items()) if n)
+    return [f"pinned: {human_bytes(pinned)}; fills: {said or 'none checked yet'}"]
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

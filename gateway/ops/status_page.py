@@ -101,6 +101,8 @@ def _summary(doc: dict[str, Any]) -> str:
               f'{cache["objects"]} objects stored (their bodies); on disk with the index '
               f'{human_bytes(cache["bytes"])}, {percent(cache["bytes"] / limit)} of the '
               f"{human_bytes(limit)} limit"),
+        _card("pinned", human_bytes(cache.get("pinned", 0)),
+              "pinned (never evicted; counted against the limit)"),
     ]) + "</div>"
 
 

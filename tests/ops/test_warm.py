@@ -15,7 +15,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 
+from gateway.ops.admin import AdminService
 from gateway.ops.cli import main
+from gateway.ops.humanize import human_bytes
+from gateway.ops.status_page import render_status
 from tests.clients import need, ok, run
 from tests.lockfile_fixtures import lockfiles
 
@@ -172,8 +175,13 @@ def test_pins_survive_a_squeeze_and_an_oversized_set_is_refused(
         e.meta.length for e in gw.store.entries())
     stats = yield threads.deferToThread(main, ["--config", str(config), "stats", "--json"])
     assert stats == 0
-    assert report(capsys.readouterr().out)["cache"]["pinned"] == sum(
-        e.meta.length for e in gw.store.entries() if e.key in pinned)
+    pinned_bytes = sum(e.meta.length for e in gw.store.entries() if e.key in pinned)
+    assert report(capsys.readouterr().out)["cache"]["pinned"] == pinned_bytes
+    code, out, _ = yield cachegate(capsys, config, "stats")
+    assert f"pinned: {human_bytes(pinned_bytes)}" in out
+    api = next(child for child in gw.service if isinstance(child, AdminService)).api
+    page = render_status(api.stats()).decode()
+    assert f'id="pinned">{human_bytes(pinned_bytes)}<' in page
 
     gw.store.size_limit = 1024  # smaller than the set: refused, never evicted silently
     code, _, err = yield cachegate(capsys, config, "pin", "add", "big", str(cases["maven"].path))
