@@ -319,7 +319,8 @@ class Flight:
         if group is not None and previous != meta.sha256:
             self.flights.store.set_suite_changed(group, meta.freshness.response_time)
         if status == 200:
-            integrity.committed(target.rule, target.base, meta)
+            integrity.committed(target.rule, target.base, meta, target.upstream.name,
+                                self.flights.events)
             # The reader's descriptor survives the rename: the index is read in a thread.
             integrity.learn(target.upstream, target.path, download.open_reader(), pairs)
 
@@ -335,7 +336,8 @@ class Flight:
                 self.flights.events.integrity_failure(self.target.upstream.name, "download")
             else:
                 self.flights.events.upstream_failure(self.target.upstream.name, download.error)
-            self.flights.integrity.refused(download, self.target.base)
+            self.flights.integrity.refused(download, self.target.base,
+                                           self.target.upstream.name, self.flights.events)
             log.error("download of {url} failed: {error}", url=self.target.url,
                       error=download.error.getErrorMessage())
         self._end()

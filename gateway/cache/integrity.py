@@ -110,7 +110,8 @@ class Integrity:
             meta.extra["verified"] = "unverified"
             self.counts["unverified"] += 1
 
-    def committed(self, rule: Rule, base: str, meta: Meta) -> None:
+    def committed(self, rule: Rule, base: str, meta: Meta, ecosystem: str = "",
+                  events=None) -> None:  # type: ignore[no-untyped-def]
         """Remember an immutable URL's first sha256; new bytes past it are drift."""
         if rule.policy is not Policy.IMMUTABLE:
             return
@@ -120,25 +121,32 @@ class Integrity:
             self.store.set_seen(base, meta.sha256, now)
         elif seen[0] != meta.sha256:  # only reachable with on_drift = "accept"
             self._event("drift", base, f"sha256 {meta.sha256} replaces {seen[0]} first "
-                                       "stored; accepted (cache.on_drift)", refused=False)
+                                       "stored; accepted (cache.on_drift)", False, ecosystem, events)
             self.store.set_seen(base, meta.sha256, now)
 
-    def refused(self, download: Download, base: str) -> str | None:
+    def refused(self, download: Download, base: str, ecosystem: str = "",
+                events=None) -> str | None:  # type: ignore[no-untyped-def]
         """Record a body that failed a digest: "mismatch" or "drift" (None: not a digest
         failure, e.g. a cut connection)."""
         error = download.error.value if download.error is not None else None
         if not isinstance(error, VerificationError) or error.digest is None:
             return None
         kind = "drift" if error.digest.source == FIRST_SEEN else "mismatch"
-        self._event(kind, base, str(error), refused=True)
+        self._event(kind, base, str(error), True, ecosystem, events)
         return kind
 
     def drift_seen(self, url: str, reason: str) -> None:
         """Stored bytes that disagree with a newer promise (a lockfile): kept, reported."""
         self._event("drift", url, reason, refused=True)
 
-    def _event(self, kind: str, url: str, reason: str, refused: bool) -> None:
+    def _event(self, kind: str, url: str, reason: str, refused: bool, ecosystem: str = "",
+               events=None) -> None:  # type: ignore[no-untyped-def]
+        """Count, keep and log one refused (or accepted) body; drift also goes to the
+        engine's counters (``EngineEvents``: metrics), a mismatch is counted there by
+        the flight as an integrity failure."""
         self.counts[kind if refused else f"{kind}_accepted"] += 1
+        if kind == "drift" and events is not None:
+            events.drift_event(ecosystem or "unknown")
         self.events.append(Event(kind, url, reason, self.reactor.seconds(), refused))
         log.error("{kind}: {url}: {reason}", kind=kind, url=url, reason=reason)
 

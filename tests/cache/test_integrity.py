@@ -120,6 +120,7 @@ def test_drift_new_bytes_for_an_immutable_url_are_refused_unless_accepted(origin
     integrity = gw.service.gateway.flights.integrity
     assert _stored(gw, host, path) == [] and integrity.counts["drift"] == 1
     assert integrity.events[-1].kind == "drift" and integrity.events[-1].refused
+    assert gw.service.gateway.flights.events.drift["npm"] == 1  # the metrics' counter
 
     integrity.on_drift = "accept"
     reply = yield fetch(gw.port, host, path)
