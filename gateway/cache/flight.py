@@ -197,7 +197,7 @@ class Flight:
     def start(self) -> None:
         """Ask the upstream, once the indexes being read now are recorded (their digests
         may be this body's)."""
-        settled = self.flights.integrity.settled()
+        settled = self.flights.integrity.settled(self.target.upstream.name)
         if settled.called:
             return self._request()
         settled.addCallback(lambda _: self._request())

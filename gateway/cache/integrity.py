@@ -65,16 +65,18 @@ class Integrity:
         self.on_drift = on_drift
         self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
         self.counts: Counter = Counter()  # mismatch, drift, drift_accepted, verified, unverified
-        self.learning: set[defer.Deferred] = set()
+        self.learning: dict[str, set[defer.Deferred]] = {}  # by upstream entry
 
     # -- before a fill -----------------------------------------------------------------
 
-    def settled(self) -> defer.Deferred:
-        """Fires when the indexes being read now are recorded (a client asks for a
-        tarball right after its packument: the check must not depend on a race)."""
-        if not self.learning:
+    def settled(self, upstream: str) -> defer.Deferred:
+        """Fires when the indexes of ``upstream`` being read now are recorded (a client
+        asks for a tarball right after its packument: the check must not depend on a
+        race).  Other entries' fills never wait for them."""
+        pending = self.learning.get(upstream)
+        if not pending:
             return defer.succeed(None)
-        return defer.DeferredList(list(self.learning), consumeErrors=True)
+        return defer.DeferredList(list(pending), consumeErrors=True)
 
     def expectations(self, upstream: Upstream, rule: Rule, path: str, base: str) -> list[Digest]:
         """Every digest a 200 body for ``path`` must match."""
@@ -168,10 +170,13 @@ class Integrity:
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), _learn,
                                       self.store, upstream.name, ecosystem, path_only(path),
                                       fd, encoding)
-        self.learning.add(d)
+        pending = self.learning.setdefault(upstream.name, set())
+        pending.add(d)
 
         def done(result):  # type: ignore[no-untyped-def]
-            self.learning.discard(d)
+            pending.discard(d)
+            if not pending:
+                self.learning.pop(upstream.name, None)
             return result
         d.addBoth(done)
         d.addErrback(lambda f: log.failure("cannot read the index {path} of {name}", f,
