@@ -8,8 +8,9 @@ where the client is going (``client_hello_sni``, pure).  Then either
   as ``listenSSL`` layers it (``TLSMemoryBIOFactory``, see ``gateway/proxy.py``
   ``_hand_over``); if the client refuses our certificate there (a TLS alert
   ``unknown_ca`` / ``bad_certificate`` / ``certificate_unknown``, or a close before the
-  handshake ends, right after our Certificate) the pair (client address, name) goes into
-  an ``UntrustedMemo`` for ``UNTRUSTED_MEMO_SECONDS``;
+  handshake ends, right after our Certificate, from a pair that has not completed one
+  lately) the pair (client address, name) goes into an ``UntrustedMemo`` for
+  ``UNTRUSTED_MEMO_SECONDS``;
 - or, for a pair in the memo, a tunnel to the real host's port 443 (resolved with the DNS
   forwarders, never our redirecting view; our own sockets refused), the ClientHello
   replayed: the client's retry (pip's, npm's, ``curl --retry``) succeeds uncached
@@ -143,6 +144,9 @@ class PassthroughFactory(Factory):
     def __init__(self, top: Any, reactor: Any, is_own: Callable[[str, int], bool]) -> None:
         self.top, self.reactor, self.is_own = top, reactor, is_own
         self.untrusted = UntrustedMemo(reactor.seconds)
+        # (client, name) pairs that completed a handshake with our certificate lately: a
+        # silent close from them is not a rejection (see _TrustWatch).
+        self.trusting = UntrustedMemo(reactor.seconds)
         self.stats = PassthroughStats()
         self.locate: Locate = self._forwarded
 
@@ -285,7 +289,10 @@ class _TrustWatch:
     """What the TLS layer wraps: the site's channel, with an eye on how the handshake
     ended (the TLS layer reports a failed handshake to the protocol it wraps).  A
     rejection is a distrust alert, or a close before the handshake completed by a client
-    whose ClientHello named a host we serve (we answered it with our Certificate)."""
+    whose ClientHello named a host we serve (we answered it with our Certificate) unless
+    that client completed a handshake for that name lately: then it trusts our CA, and
+    the close is a connection it gave up on (go abandons the dials it no longer needs
+    when it exits; counted as a rejection, its next build went uncached)."""
 
     def __init__(self, channel: Any, factory: PassthroughFactory, client: str,
                  name: str | None) -> None:
@@ -294,6 +301,8 @@ class _TrustWatch:
 
     def handshakeCompleted(self) -> None:  # noqa: N802
         self.handshake_done = True
+        if self.name:
+            self.factory.trusting.add(self.client, self.name)
         forward = getattr(self.channel, "handshakeCompleted", None)
         if forward is not None:
             forward()
@@ -304,7 +313,8 @@ class _TrustWatch:
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802
         if not self.handshake_done and self.name and self.factory.top.has_name(self.name) \
                 and (rejects_certificate(reason)
-                     or reason.check(error.ConnectionDone, error.ConnectionLost)):
+                     or (reason.check(error.ConnectionDone, error.ConnectionLost)
+                         and (self.client, self.name) not in self.factory.trusting)):
             self.factory.rejected(self.client, self.name)
         self.channel.connectionLost(reason)
 

@@ -186,6 +186,35 @@ async def test_close_right_after_our_certificate_counts_as_rejection(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_close_from_a_client_that_trusted_us_lately_is_not_a_rejection(
+        start_tls_gateway, https_origin, public_origin):  # noqa: F811
+    """go abandons the dials it no longer needs when it exits, mid-handshake: after its
+    other connections to the name completed, that close is not a rejection (it was, and
+    the next build from that address went through the tunnel, uncached).  A distrust
+    alert still is."""
+    need_binary("curl", "curl")
+    gateway = start_tls_gateway(https_origin.url)
+    point_tunnels_at(gateway, public_origin[0])
+    ok(await curl_public(gateway, gateway.cafile, SIMPLE_A))  # trusts our CA
+
+    def hello_then_close() -> bytes:
+        with socket.create_connection(("127.0.0.1", gateway.https_port)) as s:
+            s.sendall(real_client_hello(PYPI_HOST))
+            s.settimeout(5)
+            return s.recv(65536)
+
+    from twisted.internet.threads import deferToThread
+    assert (await deferToThread(hello_then_close))[:1] == b"\x16"
+    ok(await curl_public(gateway, gateway.cafile, SIMPLE_A))  # closes after a handshake
+    assert gateway.service.passthrough.stats.as_dict()["rejected"] == 0
+    assert https_origin.count(f"/pypi{SIMPLE_A}") == 1  # both served from the cache
+
+    done = await curl_public(gateway, public_origin[1], SIMPLE_A)  # an alert: rejected
+    assert done.returncode == 60, done.stderr
+    await until(lambda: gateway.service.passthrough.stats.rejected)
+
+
+@pytest_twisted.ensureDeferred
 async def test_tunnel_to_an_unreachable_upstream_is_closed_and_counted(
         start_tls_gateway, https_origin, public_origin):  # noqa: F811
     need_binary("curl", "curl")
