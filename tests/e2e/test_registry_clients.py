@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import threads
+from twisted.internet import defer, threads
 
 from gateway.ecosystems.images import object_key
 from tests.clients import need, ok, run
@@ -53,6 +53,12 @@ def upstream(tmp_path_factory):  # type: ignore[no-untyped-def]
         broken.tag(top, "latest")
         push(broken.write(work / "layouts" / "broken"), "single",
              f"{registry.address}/library/broken:latest")
+        herd = Layout()
+        herd_top = herd.image("herd", layer_sizes=(3_000_000, 2_000_000))
+        herd.tag(herd_top, "latest")
+        push(herd.write(work / "layouts" / "herd"), "single",
+             f"{registry.address}/library/herd:latest")
+        registry.herd = herd_top  # type: ignore[attr-defined]
         registry.images = images  # type: ignore[attr-defined]
         registry.broken = broken, top  # type: ignore[attr-defined]
         yield registry
@@ -72,8 +78,10 @@ def mirror_settings(docker_daemon, mirror):  # type: ignore[no-untyped-def]
     """The daemon's ``registry-mirrors`` names the mirror, and is taken out again after the
     module.  A restart, not a reload: dockerd 20.10 reloads the key on SIGHUP, but its
     BuildKit keeps the mirrors it started with."""
+    # One download attempt: the corrupted layer fails at once, not after five back-offs.
     docker_daemon.write_settings({**docker_daemon.default_settings(),
-                                  "registry-mirrors": [mirror.url]})
+                                  "registry-mirrors": [mirror.url],
+                                  "max-download-attempts": 1})
     docker_daemon.restart()
     info = docker_daemon.docker("info", "--format", "{{json .RegistryConfig.Mirrors}}")
     assert mirror.url in info.stdout, info.stdout
@@ -192,6 +200,40 @@ async def test_skopeo_copy_through_registries_conf(upstream, mirror, tmp_path): 
         if n == 1:
             assert upstream.count("GET") == gets
     assert sum(mirror.stats.by_ecosystem["quay"].requests.values()) > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_clients_at_once_make_one_upstream_get_per_blob(docker_daemon, upstream, mirror,  # type: ignore[no-untyped-def]
+                                                              tmp_path):
+    """dockerd, ctr in three namespaces and three skopeo copies of one cold image at once:
+    each of its blobs leaves the upstream once."""
+    from tests.oci_images import skopeo
+    hosts = tmp_path / "certs.d" / "docker.io"
+    hosts.mkdir(parents=True)
+    (hosts / "hosts.toml").write_text(
+        'server = "https://registry-1.docker.io"\n\n'
+        f'[host."{mirror.url}"]\n  capabilities = ["pull", "resolve"]\n')
+    conf = tmp_path / "registries.conf"
+    conf.write_text('[[registry]]\nprefix = "docker.io"\nlocation = "docker.io"\n\n'
+                    f'[[registry.mirror]]\nlocation = "127.0.0.1:{mirror.port}/docker.io"\n'
+                    "insecure = true\n")
+    ref = "docker.io/library/herd:latest"
+    pulls = [_docker(docker_daemon, "pull", "herd:latest")]
+    pulls += [_ctr(docker_daemon, f"cg-herd-{n}", "images", "pull", "--plain-http",
+                   "--hosts-dir", str(tmp_path / "certs.d"), ref) for n in range(3)]
+    pulls += [threads.deferToThread(skopeo, "--registries-conf", str(conf), "copy",
+                                    f"docker://{ref}", f"oci:{tmp_path / f'out{n}'}:x")
+              for n in range(3)]
+    results = await defer.gatherResults(pulls)
+    for done in results[:4]:
+        ok(done)
+    manifest = json.loads(upstream.herd.data)
+    for digest in [manifest["config"]["digest"]] + [l["digest"] for l in manifest["layers"]]:
+        assert upstream.count("GET", f"/blobs/{digest}") == 1, digest
+    for n in range(3):
+        await _ctr(docker_daemon, f"cg-herd-{n}", "images", "rm", ref)
+        await _ctr(docker_daemon, f"cg-herd-{n}", "content", "prune", "references")
+    await _docker(docker_daemon, "rmi", "herd:latest")
 
 
 @pytest_twisted.ensureDeferred
