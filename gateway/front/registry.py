@@ -29,7 +29,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.client import readBody
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
@@ -724,8 +724,26 @@ class MirrorResource(Resource):
         return server.NOT_DONE_YET
 
 
+class MirrorChannel(http.HTTPChannel):
+    """HTTP, but a TLS ClientHello as the first bytes closes the connection at once:
+    clients told the mirror is ``insecure`` (podman, skopeo) try https first and would
+    otherwise wait 10 s for a handshake timeout before falling back to http."""
+
+    _first = True
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._first:
+            self._first = False
+            if data[:1] == b"\x16":
+                self.transport.abortConnection()
+                return
+        super().dataReceived(data)
+
+
 class MirrorSite(server.Site):
     """The mirror's ``Site``, without twisted.web's access log (the mirror logs)."""
+
+    protocol = MirrorChannel
 
     def log(self, request: server.Request) -> None:
         pass

@@ -340,3 +340,23 @@ def test_range_while_the_blob_fills_and_one_token_for_a_herd(mirror, upstream) -
     assert upstream.count("GET", where="token") == 1
     whole.addErrback(lambda _: None)
     yield m.close()  # the stalled fill is abandoned
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_tls_hello_is_refused_at_once(mirror) -> None:  # type: ignore[no-untyped-def]
+    """podman and skopeo try https on an ``insecure`` mirror first: they must not wait for
+    a handshake timeout before falling back to http."""
+    import socket
+    m = mirror()
+
+    def hello() -> bytes:
+        with socket.create_connection(("127.0.0.1", m.port), timeout=5) as s:
+            s.sendall(b"\x16\x03\x01\x00\x05hello")
+            try:
+                return s.recv(100)
+            except ConnectionResetError:
+                return b""
+    from twisted.internet import threads
+    assert (yield threads.deferToThread(hello)) == b""
+    ping = yield m.get("/v2/")
+    assert ping.status == 200
