@@ -51,7 +51,9 @@ def gateway_toml(state_dir: Path, address: str, origin_url: str, forwarder: str,
     lines = ["[server]", f'state_dir = "{state_dir}"', f'listen = ["{address}"]',
              "http_port = 80", "https_port = 443", f'admin = "127.0.0.1:{admin_port}"', "",
              "[dns]", "port = 53", f'forwarders = ["{forwarder}"]', "",
-             "[trust]", f"images = [{images}]", ""]
+             "[trust]", f"images = [{images}]", "",
+             # No registry mirror: its fixed loopback port may be another test's.
+             "[images]", 'listen = ""', ""]
     for name in CATALOGUE:
         lines += [f"[upstreams.{name}]", f'origin = "{origin_url}/{name}"', ""]
     return "\n".join(lines)
@@ -212,7 +214,9 @@ def write_context(directory: Path, base: str, clients: tuple[str, ...]) -> Path:
     return directory
 
 
-STEP_TIME = re.compile(r"^#(\d+) (?:\[[^\]]*\] )?(RUN .*)$|^#(\d+) DONE (\d+\.\d+)s$", re.M)
+# A step's "#N DONE 1.2s" may follow its last output on the same line (mvn -q ends with
+# no newline).
+STEP_TIME = re.compile(r"^#(\d+) (?:\[[^\]]*\] )?(RUN .*)$|#(\d+) DONE (\d+\.\d+)s$", re.M)
 
 
 @dataclass

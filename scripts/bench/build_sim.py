@@ -20,8 +20,13 @@ builds are mostly client start-up (a JVM, node, pip) and the fixture packages ar
 so wall time moves little and with the machine's load; the origin options show what an
 upstream across the internet costs.
 
+``--docker``: the same three builds as real ``docker build``s (BuildKit, --no-cache) on a
+private dockerd (tests/docker_daemon.py) FROM an image made by ``cachegate trust image``,
+one RUN step per client (apt, pip, npm, mvn; tests/docker_builds.py); each RUN step's
+time from ``--progress=plain``.  Each round clears the cache first.
+
 Run as root from the repository root:
-    .venv/bin/python scripts/bench/build_sim.py [--origin-delay-ms 100] [--origin-kib-per-s 2048]
+    .venv/bin/python scripts/bench/build_sim.py [--docker] [--origin-delay-ms 100] [--origin-kib-per-s 2048]
 """
 
 from __future__ import annotations
@@ -182,8 +187,125 @@ def rounds(args: argparse.Namespace, containers: list[netns.Container], tree: Fi
     return results
 
 
+# --- --docker: real `docker build`s on a private dockerd ------------------------------
+
+STEP_CLIENTS = (("apt-get", "apt"), ("pip install", "pip"), ("npm install", "npm"),
+                ("mvn ", "mvn"))
+
+
+def client_of(step: str) -> str | None:
+    return next((client for marker, client in STEP_CLIENTS if marker in step), None)
+
+
+@defer.inlineCallbacks
+def docker_round(daemon, context: Path, gateway, origin: Origin,  # type: ignore[no-untyped-def]
+                 counting: CountingFactory, builds: int, tag: str,
+                 logs: Path) -> defer.Deferred:
+    """``builds`` BuildKit builds of ``context`` at once: wall time, each RUN step's time
+    (the median over the builds, from --progress=plain) and what crossed the wire."""
+    from tests import docker_builds as db
+    requests, origin_bytes, since = len(origin.requests), counting.sent, gateway.log_size()
+    started = time.monotonic()
+    done = yield defer.gatherResults(
+        [threads.deferToThread(db.build, daemon, context, "buildkit", f"{tag}-{n}")
+         for n in range(builds)], consumeErrors=True)
+    wall = time.monotonic() - started
+    for n, one in enumerate(done):
+        (logs / f"{tag}-{n}.log").write_text(one.output)
+        if one.returncode != 0:
+            raise RuntimeError(f"docker build exited {one.returncode}:\n{one.output[-3000:]}")
+    steps: dict[str, list[float]] = {}
+    for one in done:
+        for step, seconds in one.step_seconds().items():
+            if client := client_of(step):
+                steps.setdefault(client, []).append(seconds)
+    served = gateway.served(since)
+    return {"wall": wall, "origin_requests": len(origin.requests) - requests,
+            "origin_bytes": counting.sent - origin_bytes, "requests": len(served),
+            "served": sum(s.sent for s in served), "wait": sum(s.ms for s in served) / 1000,
+            "hits": sum(1 for s in served if s.label in FROM_CACHE),
+            **{f"step_{c}": statistics.median(t) for c, t in steps.items()}}
+
+
+def docker_report(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
+    clients = ("apt", "pip", "npm", "mvn")
+    print(f"{args.containers} concurrent `docker build --no-cache` (BuildKit, Debian's dockerd "
+          f"20.10) FROM an image made by `cachegate trust image`, one RUN step per client, "
+          f"{args.rounds} rounds, medians; origin: {args.origin_delay_ms} ms before each "
+          f"answer, {args.origin_kib_per_s or 'unlimited'} KiB/s per response")
+    print(f"{'round':6} {'wall s':>7} " + " ".join(f"{c + ' s':>6}" for c in clients)
+          + f" {'wait s':>7} {'requests':>9} {'hits':>5} {'origin req':>11} "
+          f"{'served bytes':>13} {'origin bytes':>13}")
+    med = {name: {key: statistics.median(r[key] for r in rows if key in r) for key in rows[0]}
+           for name, rows in results.items()}
+    for name, m in med.items():
+        print(f"{name:6} {m['wall']:7.2f} "
+              + " ".join(f"{m.get('step_' + c, float('nan')):6.2f}" for c in clients)
+              + f" {m['wait']:7.2f} {m['requests']:9.0f} {m['hits']:5.0f} "
+              f"{m['origin_requests']:11.0f} {m['served']:13.0f} {m['origin_bytes']:13.0f}")
+    cold, warm = med["cold"], med["warm"]
+    print(f"speed-up warm vs cold: {cold['wall'] / warm['wall']:.2f}x wall; time the builds "
+          f"waited on requests: {cold['wait']:.2f} s -> {warm['wait']:.2f} s")
+    print(f"load average while measuring: {args.load[0]:.1f} -> {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
+    served = cold["served"] + warm["served"]
+    fetched = cold["origin_bytes"] + warm["origin_bytes"]
+    print(f"bytes: {served:.0f} served to the {2 * args.containers} builds, {fetched:.0f} "
+          f"fetched from the origin: {served - fetched:.0f} saved ({1 - fetched / served:.0%})")
+
+
+@defer.inlineCallbacks
+def docker_bench(reactor, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The session's Docker harness outside pytest: a private dockerd, the stock image
+    shadowed by `cachegate trust image`, cachegate on the bridge address; each round
+    clears the cache, then cold builds, then warm ones."""
+    from tests import docker_builds as db
+    from tests import docker_daemon
+    work = Path(tempfile.mkdtemp(prefix="cachegate-build-sim-docker-"))
+    tree = build_fixtures(work / "tree", files_base="https://files.pythonhosted.org",
+                          npm_base="https://registry.npmjs.org")
+    origin = Origin(tree.root, reactor)
+    counting = listen_counting(origin, reactor)
+    daemon = docker_daemon.create()
+    stand_in = gateway = None
+    try:
+        daemon.start()
+        stand_in = db.StandIn(origin, daemon, work / "stand-in")
+        yield threads.deferToThread(db.make_stock_image, daemon, stand_in.ca_cert,
+                                    tree.apt_keyring, work)
+        gateway = db.DockerGateway(work / "gateway", daemon.address, origin.url,
+                                   stand_in.dns.address).wait_ready()
+        done = yield threads.deferToThread(gateway.cli, "trust", "image", db.TRUSTED,
+                                           env=daemon.env())
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr)
+        context = db.write_context(work / "context", db.TRUSTED, db.CLIENTS)
+        if args.origin_delay_ms or args.origin_kib_per_s:
+            origin.behave("*", delay_headers=args.origin_delay_ms / 1000,
+                          slow_bytes_per_s=args.origin_kib_per_s * 1024 or None)
+        results: dict[str, list[dict]] = {"cold": [], "warm": []}
+        for number in range(args.rounds):
+            gateway.clear_cache()
+            for name in ("cold", "warm"):
+                results[name].append((yield docker_round(daemon, context, gateway, origin,
+                                                         counting, args.containers,
+                                                         f"{name}{number}", work)))
+        docker_report(results, args)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        if stand_in is not None:
+            yield stand_in.stop()
+        docker_daemon.destroy(daemon)
+        yield origin.stop_serving()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docker", action="store_true",
+                        help="real `docker build`s on a private dockerd instead of namespaces")
     parser.add_argument("--containers", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3, help="cold+warm pairs (medians)")
     parser.add_argument("--keep", action="store_true",
@@ -193,13 +315,17 @@ def main() -> int:
     parser.add_argument("--origin-kib-per-s", type=int, default=0,
                         help="the origin sends each body at this pace (0: unlimited)")
     args = parser.parse_args()
-    why = netns.unavailable()
+    if args.docker:
+        from tests import docker_daemon
+        why = docker_daemon.unavailable()
+    else:
+        why = netns.unavailable()
     if why:
         print(f"error: {why}", file=sys.stderr)
         return 1
     os.chdir(ROOT)
     args.load = os.getloadavg()
-    task.react(bench, [args])
+    task.react(docker_bench if args.docker else bench, [args])
     return 0
 
 
