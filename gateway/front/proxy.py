@@ -354,11 +354,18 @@ class ProxyProtocol(ClientSide):
                 head[0], self.context.serves,
                 lambda host: (self.client, host) in self.context.untrusted)
         except BadRequest as e:
-            log.warn("proxy: {client}: {status} {reason}", client=self.client,
-                     status=e.status, reason=str(e))
+            self._warn_bad_head(e)
             return self._refuse(e.status, str(e))
         if head is not None:
             self._dispatch(chosen, head[1])
+
+    def _warn_bad_head(self, e: BadRequest) -> None:
+        """One warn line, within the gateway's budget for bad client input when the site
+        has one (a flood of bad heads must not flood the log)."""
+        gateway = getattr(self.context.site, "gateway", None)
+        warn = gateway.warn_client if gateway is not None else log.warn
+        warn("proxy: {client}: {status} {reason}", client=self.client, status=e.status,
+             reason=str(e))
 
     def _head_timeout(self) -> None:
         self._timer = None

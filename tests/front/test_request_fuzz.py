@@ -23,6 +23,7 @@ import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.logger import LogLevel, globalLogPublisher
 
+from gateway.front import client_errors
 from tests.http_client import fetch
 from tests.tls_gateways import TlsGateway
 
@@ -135,15 +136,20 @@ def test_mutated_request_heads_never_reach_a_traceback_nor_the_origin_malformed(
     events: list[dict] = []
     observer = events.append
     globalLogPublisher.addObserver(observer)
+    started = time.monotonic()
     try:
         ran = yield run_cases(gw)
     finally:
         globalLogPublisher.removeObserver(observer)
+    windows = int((time.monotonic() - started) // client_errors.SECONDS) + 2
+    warned = [e for e in events if e.get("log_level") == LogLevel.warn]
+    assert len(warned) <= client_errors.LINES * windows, "bad input's warn lines are bounded"
     critical = [e for e in events if e.get("log_level") == LogLevel.critical]
     assert critical == [], [(e.get("log_format"), e.get("log_failure")) for e in critical[:3]]
     bad = [(r, why) for r in origin.requests if (why := malformed(r))]
     assert bad == [], bad[:5]
-    print("fuzz cases run:", ran, "origin requests:", len(origin.requests))
+    print("fuzz cases run:", ran, "origin requests:", len(origin.requests),
+          "warn lines:", len(warned), sorted({e.get("log_namespace") for e in warned}))
     assert sum(ran.values()) > 0, ran
     yield answers_cleanly(gw)
 
