@@ -89,6 +89,7 @@ class Layout:
 
     blobs: dict[str, Blob] = field(default_factory=dict)
     refs: list[dict] = field(default_factory=list)
+    level: int = 9  # gzip level of the layers (the benchmark's 200 MB use 1)
 
     def add(self, blob: Blob) -> Blob:
         self.blobs[blob.digest] = blob
@@ -101,7 +102,7 @@ class Layout:
         for i, size in enumerate(layer_sizes):
             tar = _tar({f"data/{name}-{arch}-{i}.bin": payload(f"{name}/{arch}/{i}", size)})
             diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
-            layers.append(self.add(Blob(OCI_LAYER, gzip.compress(tar, mtime=0))))
+            layers.append(self.add(Blob(OCI_LAYER, gzip.compress(tar, self.level, mtime=0))))
         platform = {"architecture": arch, "os": "linux", **({"variant": variant} if variant else {})}
         config = self.add(Blob(OCI_CONFIG, _json({
             **platform, "created": "2024-01-01T00:00:00Z",
@@ -152,11 +153,14 @@ def build_layout(directory: Path, name: str, shape: str) -> tuple[Path, Blob]:
 
 # -- skopeo ----------------------------------------------------------------------------
 
-def skopeo(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
+def skopeo(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+           pin: str | None = None) -> str:
     """Run skopeo in a private mount namespace: containers/image writes a blob-info cache
-    to ``/var/lib/containers`` as root, which must not appear on the host."""
+    to ``/var/lib/containers`` as root, which must not appear on the host.  ``pin``: the
+    CPU core(s) to run it on (taskset)."""
     script = 'mount -t tmpfs tmpfs /var/lib && exec skopeo "$@"'
-    result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
+    taskset = ["taskset", "-c", pin] if pin is not None else []
+    result = subprocess.run([*taskset, "unshare", "-m", "--propagation", "private", "sh", "-c", script,
                              "skopeo", "--insecure-policy", *args],
                             capture_output=True, text=True, timeout=timeout,
                             env={**os.environ, **(env or {})})
