@@ -13,6 +13,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.lang_fixtures import crate_index_path
+
 NPM = "http://registry.npmjs.org"
 FILES = "http://files.pythonhosted.org"
 
@@ -104,7 +106,9 @@ def _cargo(fx, d: Path) -> dict[str, LockCase]:  # type: ignore[no-untyped-def]
         f'checksum = "{o.sha256}"\n\n' for o in crates)
     text += '[[package]]\nname = "warm-check"\nversion = "0.1.0"\n'
     (d / "Cargo.lock").write_text(text)
-    return {"cargo": LockCase(d / "Cargo.lock", [f"/crates{o.path}" for o in crates])}
+    index = ["/crates/config.json"] + [f"/crates{crate_index_path(o.path.split('/')[2])}"
+                                       for o in crates]
+    return {"cargo": LockCase(d / "Cargo.lock", [f"/crates{o.path}" for o in crates] + index)}
 
 
 def _go(fx, d: Path) -> dict[str, LockCase]:  # type: ignore[no-untyped-def]

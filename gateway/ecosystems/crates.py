@@ -22,6 +22,16 @@ def crate_paths(name: str, version: str) -> tuple[str, str]:
     return f"/crates/{name}/{version}/download", f"/crates/{name}/{name}-{version}.crate"
 
 
+def index_path(name: str) -> str:
+    """Where the sparse index keeps ``name`` (cargo's ``make_dep_path``)."""
+    name = name.lower()
+    if len(name) <= 2:
+        return f"/{len(name)}/{name}"
+    if len(name) == 3:
+        return f"/3/{name[0]}/{name}"
+    return f"/{name[:2]}/{name[2:4]}/{name}"
+
+
 class Crates(Ecosystem):
     def publishes_digests(self, path: str) -> bool:
         return path.startswith("/crates/")

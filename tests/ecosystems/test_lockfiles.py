@@ -84,7 +84,9 @@ def test_cargo_lock_skips_workspace_members_and_git_sources():
             'source = "registry+https://github.com/rust-lang/crates.io-index"\n'
             f'checksum = "{SHA}"\n\n[[package]]\nname = "g"\nversion = "0.1.0"\n'
             'source = "git+https://example/g#abc"\n')
-    serde, git = parse(Path("Cargo.lock"), text)
+    config, index, serde, git = parse(Path("Cargo.lock"), text)
+    assert config.url == "https://index.crates.io/config.json" and config.phase == 0
+    assert index.url == "https://index.crates.io/se/rd/serde" and index.phase == 0
     assert serde.url == "https://static.crates.io/crates/serde/1.0.0/download"
     assert serde.digest.hex == SHA and git.skipped.startswith("not from crates.io")
 

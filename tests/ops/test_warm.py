@@ -312,3 +312,41 @@ def test_warm_reports_a_mismatch_when_upstream_bytes_disagree(fmt, cases, origin
     assert not [e for e in gw.store.entries() if e.meta.url.endswith(host_path)]
     assert find_problems(list(gw.store.entries()))[2] == []
     assert report(out)["summary"]["counts"]["mismatch"] == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_cargo_fetch_from_the_cache_after_a_warm(cases, fixtures, origin, start_tls_gateway,
+                                                 tmp_path, capsys):
+    """cargo with its default sparse registry, through the explicit proxy (the CA as
+    http.cainfo), after a warm of its Cargo.lock, with the origin stopped."""
+    from tests.lang_clients import CARGO, missing
+    need(missing("cargo") is None, f"cargo: {missing('cargo')}")
+    gw = start_tls_gateway(origin.url, proxy=True)
+    config = cli_config(tmp_path, gw)
+    code, out, _ = yield cachegate(capsys, config, "warm", "--json", str(cases["cargo"].path))
+    assert code == 0, out
+    assert {i["status"] for i in report(out)["items"] if "/crates/" in i["url"]} == {"verified"}
+    yield origin.stop_serving()
+    project = tmp_path / "app"
+    (project / "src").mkdir(parents=True)
+    (project / "src/lib.rs").write_text("")
+    (project / "Cargo.toml").write_text('[package]\nname = "cachegate-build"\nversion = "0.1.0"\n'
+                                        'edition = "2018"\n\n[dependencies]\n'
+                                        'cachegate-fixture = "1.0"\n')
+    crates = {o.path.split("/")[2]: o for o in fixtures.of("crates") if o.path.endswith("/download")}
+    source = 'source = "registry+https://github.com/rust-lang/crates.io-index"\n'
+    (project / "Cargo.lock").write_text(
+        'version = 3\n\n[[package]]\nname = "cachegate-build"\nversion = "0.1.0"\n'
+        'dependencies = [\n "cachegate-fixture",\n]\n\n'
+        f'[[package]]\nname = "cachegate-fixture"\nversion = "1.0.0"\n{source}'
+        f'checksum = "{crates["cachegate-fixture"].sha256}"\ndependencies = [\n "cgf",\n]\n\n'
+        f'[[package]]\nname = "cgf"\nversion = "1.0.0"\n{source}'
+        f'checksum = "{crates["cgf"].sha256}"\n')
+    home = tmp_path / "cargo-home"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CARGO_HOME": str(home),
+           "CARGO_HTTP_PROXY": f"127.0.0.1:{gw.proxy_port}", "CARGO_HTTP_CAINFO": str(gw.cafile),
+           "CARGO_NET_RETRY": "0", "CARGO_TERM_COLOR": "never"}
+    done = yield run([CARGO, "fetch", "--locked"], env=env, cwd=str(project))
+    ok(done)
+    fetched = sorted(p.name for p in (home / "registry").rglob("*.crate"))
+    assert fetched == ["cachegate-fixture-1.0.0.crate", "cgf-1.0.0.crate"]
