@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import replace
+from typing import Callable
 
 import pytest
 import pytest_twisted
@@ -71,7 +72,8 @@ def dated(*headers: tuple[str, str]) -> list[tuple[str, str]]:
     return [("Date", http_date(now())), *headers]
 
 
-def fixed(status: int, headers: list[tuple[str, str]], body: bytes = b"body\n"):  # type: ignore[no-untyped-def]
+def fixed(status: int, headers: list[tuple[str, str]],
+          body: bytes = b"body\n") -> Callable[[RawRequest], bytes]:
     """An answer: this response every time, ``Date`` now unless ``headers`` has one."""
     def answer(request: RawRequest) -> bytes:
         has_date = any(n.lower() == "date" for n, _ in headers)
