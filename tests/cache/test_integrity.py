@@ -128,3 +128,14 @@ def test_drift_new_bytes_for_an_immutable_url_are_refused_unless_accepted(origin
     [entry] = _stored(gw, host, path)
     assert entry.meta.sha256 == hashlib.sha256(swapped).hexdigest()
     assert integrity.counts["drift_accepted"] == 1 and not integrity.events[-1].refused
+
+
+def test_on_drift_is_read_from_the_config_and_a_bad_value_named(tmp_path):
+    from gateway.config import ConfigError, load_config
+    good = tmp_path / "good.toml"
+    good.write_text('[cache]\non_drift = "accept"\n')
+    assert load_config(good).cache.on_drift == "accept"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[cache]\non_drift = "maybe"\n')
+    with pytest.raises(ConfigError, match="cache.on_drift"):
+        load_config(bad)
