@@ -139,3 +139,22 @@ def test_on_drift_is_read_from_the_config_and_a_bad_value_named(tmp_path):
     bad.write_text('[cache]\non_drift = "maybe"\n')
     with pytest.raises(ConfigError, match="cache.on_drift"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("client", ["apt", "npm"])
+@pytest_twisted.inlineCallbacks
+def test_real_clients_fills_are_verified_against_the_index_they_read(client, origin, fixtures,
+                                                                     start_gateway, tmp_path):
+    """apt (Packages by-hash, as apt asks for it) and npm (the corgi packument, gzipped):
+    every package they fetched is stored verified against its index."""
+    from tests.clients import ok, run, through_proxy
+    gw = start_gateway(origin.url)
+    for argv, kwargs in through_proxy(client, fixtures, f"http://127.0.0.1:{gw.port}", gw.port,
+                                      tmp_path):
+        ok((yield run(argv, **kwargs)))
+    suffix = ".deb" if client == "apt" else ".tgz"
+    artifacts = [e for e in gw.store.entries() if e.meta.url.endswith(suffix)]
+    assert artifacts
+    for entry in artifacts:
+        assert entry.meta.extra.get("verified") not in (None, "unverified"), \
+            (entry.meta.url, entry.meta.extra)
