@@ -331,7 +331,10 @@ def docker_daemon() -> Iterator[DockerDaemon]:
     need(why is None, f"Docker tests: {why}")
     daemon = create()
     try:
-        daemon.start()
+        try:
+            daemon.start()
+        except (RuntimeError, TimeoutError) as e:  # e.g. a kernel without overlayfs
+            need(False, f"Docker tests: dockerd did not start: {e}")
         yield daemon
     finally:
         destroy(daemon)
