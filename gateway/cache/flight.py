@@ -26,7 +26,7 @@ from gateway.cache.integrity import Integrity
 from gateway.cache.fetcher import Fetcher, header_dict, header_pairs
 from gateway.cache.headers import (as_dict, merge_304, replayable, shared_request_headers,
                                    with_date)
-from gateway.cache.keys import parse_vary, variant_key
+from gateway.cache.keys import base_key, parse_vary, variant_key
 from gateway.cache.policy import freshness, initial_age, store_refusal
 from gateway.cache.store import Entry, Meta, Store
 
@@ -196,12 +196,42 @@ class Flight:
 
     def start(self) -> None:
         """Ask the upstream, once the indexes being read now are recorded (their digests
-        may be this body's)."""
+        may be this body's), and the file naming this one's digest is stored and read
+        when the ecosystem has one and no digest is known yet (Maven's ``.sha1``)."""
+        source = self._digest_source()
+        if source is None:
+            return self._when_settled()
+        source.addBoth(lambda _: self._when_settled())
+        source.addErrback(self._bug)
+
+    def _when_settled(self) -> None:
         settled = self.flights.integrity.settled(self.target.upstream.name)
         if settled.called:
             return self._request()
         settled.addCallback(lambda _: self._request())
         settled.addErrback(self._bug)
+
+    def _digest_source(self) -> defer.Deferred | None:
+        """The flight of the file that names this body's digest, until its body ends."""
+        target, store = self.target, self.flights.store
+        path = self.flights.integrity.digest_source(target.upstream, target.rule, target.path,
+                                                    target.base)
+        if path is None or store.get(base_key(target.host, path)) is not None:
+            return None
+        base = base_key(target.host, path)
+        source = Target(target.host, path, base, base, target.upstream,
+                        target.upstream.rule_for(path),
+                        target.upstream.upstream_url(target.host, path), {})
+        d = self.flights.obtain(source, None)
+
+        def body_ended(outcome: Outcome) -> defer.Deferred | None:
+            if not isinstance(outcome, Streaming) or outcome.download.finished:
+                return None
+            ended: defer.Deferred = defer.Deferred()
+            outcome.download.on_finish(
+                lambda dl: self.flights.reactor.callLater(0, ended.callback, None))
+            return ended
+        return d.addCallback(body_ended)
 
     def _request(self) -> None:
         headers = shared_request_headers(

@@ -94,6 +94,17 @@ class Integrity:
                 out.append(Digest("sha256", seen[0], FIRST_SEEN))
         return out
 
+    def digest_source(self, upstream: Upstream, rule: Rule, path: str,
+                      base: str) -> str | None:
+        """The path of the file that names ``path``'s digest, to fetch (and learn from)
+        before it, when no digest of it is known yet; None otherwise."""
+        source = upstream.ecosystem.digest_source(path_only(path))
+        if source is None or rule.policy is not Policy.IMMUTABLE:
+            return None
+        if self.store.expected(upstream.name, path_only(path)) is not None:
+            return None
+        return source
+
     def checks_digests(self, upstream: Upstream, rule: Rule, path: str) -> bool:
         """Whether a body of ``path`` is one its ecosystem publishes digests for (stored
         "unverified" when none was known)."""

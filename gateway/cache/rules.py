@@ -89,6 +89,11 @@ class Ecosystem:
         run in a thread, recorded in the store for later fills of those paths."""
         return ()
 
+    def digest_source(self, path: str) -> str | None:
+        """A small file beside ``path`` that names its digest, fetched and read before
+        ``path`` when no digest of it is known yet (Maven's ``.sha1`` sidecar)."""
+        return None
+
     def file_digest(self, algorithm: str, path: str) -> Callable[[str], str] | None:
         """The whole-file function for an ``algorithm`` that is not a hash of the bytes."""
         return None

@@ -2,8 +2,9 @@
 are revalidated.
 
 A release file's ``.sha1``/``.sha256``/``.sha512`` sidecar, once stored, is what a later
-fill of the file is checked against (Maven clients ask for the file first and the sidecar
-after; ``cachegate warm`` asks for the sidecars first, so its fills are checked)."""
+fill of the file is checked against.  Maven clients ask for the file first and the
+sidecar after, so a miss on a release file fetches its ``.sha1`` first (``digest_source``):
+one request that the client's next one finds stored."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ class Maven(Ecosystem):
     def publishes_digests(self, path: str) -> bool:
         return _SIDECAR.match(path) is None and "/maven-metadata.xml" not in path \
             and not path.endswith((".md5", ".asc"))
+
+    def digest_source(self, path: str) -> str | None:
+        """A release file's ``.sha1``: asked for first, so its fill is checked (Maven asks
+        for it right after the file anyway)."""
+        if not self.publishes_digests(path) or "-SNAPSHOT/" in path:
+            return None
+        return path + ".sha1"
 
     def learns_from(self, path: str) -> bool:
         m = _SIDECAR.match(path)

@@ -158,3 +158,48 @@ def test_real_clients_fills_are_verified_against_the_index_they_read(client, ori
     for entry in artifacts:
         assert entry.meta.extra.get("verified") not in (None, "unverified"), \
             (entry.meta.url, entry.meta.extra)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_maven_miss_fetches_its_sidecar_first_and_is_checked(origin, fixtures,
+                                                               start_gateway):
+    """Maven asks for the jar, then its .sha1: the gateway asks for the .sha1 first, so the
+    jar is verified, and the client's own .sha1 request costs the origin nothing."""
+    host, jar = "repo1.maven.org", "/maven2/org/cachegate/fixture/1.0/fixture-1.0.jar"
+    gw = start_gateway(origin.url)
+    reply = yield fetch(gw.port, host, jar)
+    assert reply.status == 200 and reply.sha256 == fixtures.get("maven", jar).sha256
+    [entry] = _stored(gw, host, jar)
+    assert entry.meta.extra["verified"] == ["sha1 (sidecar)"]
+    sidecar = yield fetch(gw.port, host, jar + ".sha1")
+    assert sidecar.status == 200 and sidecar.headers["x-cache"] == "HIT"
+    assert origin.count(f"/maven{jar}") == origin.count(f"/maven{jar}.sha1") == 1
+    assert [r.path for r in origin.requests] == [f"/maven{jar}.sha1", f"/maven{jar}"]
+
+    other = "/maven2/org/cachegate/fixture-dep/1.0/fixture-dep-1.0.jar"
+    origin.behave(f"/maven{other}", body=counter_bytes(4096, b"tampered"))
+    with pytest.raises(ResponseFailed):
+        yield fetch(gw.port, host, other)
+    assert _stored(gw, host, other) == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_real_mvn_release_jars_are_verified_against_their_sidecars(origin, fixtures,
+                                                                   start_gateway, tmp_path):
+    import shutil
+
+    from tests import fixtures as fx
+    from tests.clients import need, ok, run
+    need(shutil.which("mvn"), "mvn not installed (package maven)")
+    need(fx.maven_plugin_repo(), "no maven-dependency-plugin in /usr/share/maven-repo")
+    gw = start_gateway(origin.url)
+    ok((yield run(fx.mvn_get_args(tmp_path / "m2", "http://repo1.maven.org/maven2",
+                                  fx.MAVEN_ARTIFACT, proxy=("127.0.0.1", gw.port)),
+                  env=fx.mvn_env())))
+    jars = [e for e in gw.store.entries() if e.meta.url.endswith((".jar", ".pom"))]
+    assert len(jars) == 4  # fixture and fixture-dep, jar and pom each
+    assert all(e.meta.extra.get("verified") == ["sha1 (sidecar)"] for e in jars), \
+        [(e.meta.url, e.meta.extra) for e in jars]
+    for entry in jars:  # one request each for the file and its .sha1, whoever asked first
+        path = "/maven" + entry.meta.url[len("repo1.maven.org"):]
+        assert origin.count(path) == origin.count(path + ".sha1") == 1
