@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import replace
 from functools import partial
+from typing import Callable
 
 from twisted.application import internet, service
 from twisted.internet.error import CannotListenError
@@ -49,8 +50,11 @@ class GatewayService(service.MultiService):
     """The process: its listeners as children, and the shared state they serve from."""
 
     def __init__(self, config: Config, reactor,  # type: ignore[no-untyped-def]
-                 access_log: AccessLog | None = None) -> None:
+                 access_log: AccessLog | None = None, worker: str = "") -> None:
         super().__init__()
+        # Client ports bound elsewhere (worker processes: ``gateway/workers.py``), by kind.
+        self.external_ports: dict[str, list[int]] | None = None
+        self.after_upstreams: list[Callable[[], None]] = []  # told of run-time edits
         self.config = config
         self.addresses = listen_addresses(config.server.listen)
         self.advertise_ipv4 = advertised_ipv4(config.dns.advertise_ipv4, self.addresses)
@@ -61,7 +65,7 @@ class GatewayService(service.MultiService):
         self.dns_listeners, self.forwarder, self.dns_stats = dns_services(
             config, reactor, self.addresses, self.advertise_ipv4)
         self.store = Store(config.server.state_dir / "cache", config.cache.size_limit,
-                           reactor.seconds)
+                           reactor.seconds, worker)
         flusher = internet.TimerService(ACCESS_FLUSH_SECONDS, self.store.flush_access)
         flusher.clock = reactor
         flusher.setServiceParent(self)
@@ -120,12 +124,16 @@ class GatewayService(service.MultiService):
         for listener in self.dns_listeners:
             listener.responder.rules = rules
             listener.responder.memo = ReplyMemo()
+        for hook in self.after_upstreams:
+            hook()
 
     def ports(self, kind: str) -> list[int]:
         """The bound ports of one kind of listener ("http", "https", "proxy", "dns",
         "admin"): useful when configured as 0 in tests."""
         if kind == "dns":
             return [listener.port for listener in self.dns_listeners]
+        if self.external_ports is not None and kind != "admin":
+            return self.external_ports.get(kind, [])
         if kind == "admin":
             return [child.port for child in self if isinstance(child, AdminService)]
         if kind == "images":
@@ -151,35 +159,56 @@ class GatewayService(service.MultiService):
 
 
 def make_service(config: Config, reactor,  # type: ignore[no-untyped-def]
-                 access_log: AccessLog | None = None) -> GatewayService:
+                 access_log: AccessLog | None = None, clients: bool = True) -> GatewayService:
     """Every listener of the gateway, ready for ``startService``: DNS (UDP+TCP), HTTP,
     HTTPS and the explicit proxy (``gateway/proxy.py``) on each listen address, and the
     admin API (``gateway/admin.py``) on ``server.admin``.  A port configured as 0 is off
-    (HTTP, DNS and admin: tests may pass 0 to mean "any free port")."""
+    (HTTP, DNS and admin: tests may pass 0 to mean "any free port").  Without ``clients``
+    the HTTP(S), proxy and mirror ports are left to worker processes (``workers.py``)."""
     static_upstreams = config.upstreams
     config = with_saved_edits(config)  # run-time edits of the catalogue (admin API)
     activity = Activity(access_log or AccessLog(), reactor.seconds)  # for the status page
     top = GatewayService(config, reactor, activity)  # type: ignore[arg-type]
-    server = config.server
-    context = proxy_context(top, reactor)
-    proxy = ProxyFactory(reactor, context) if server.proxy_port else None
-    # HTTPS: the ClientHello is read first, so a client rejecting our CA gets a tunnel.
-    top.passthrough = PassthroughFactory(top, reactor, context.is_own)
-    for address in top.addresses:
-        internet.TCPServer(server.http_port, top.site, interface=address,
-                           reactor=reactor).setServiceParent(top)
-        if server.https_port:
-            internet.TCPServer(server.https_port, top.passthrough, interface=address,
-                               reactor=reactor).setServiceParent(top)
-        if proxy is not None:
-            internet.TCPServer(server.proxy_port, proxy, interface=address,
-                               reactor=reactor).setServiceParent(top)
+    factories = client_factories(top, reactor)
+    if clients:
+        for kind, address, port in client_ports(config, top.addresses):
+            if kind == "images":
+                MirrorListener(factories[kind], (address, port), reactor).setServiceParent(top)
+            else:
+                internet.TCPServer(port, factories[kind], interface=address,
+                                   reactor=reactor).setServiceParent(top)
     for listener in top.dns_listeners:
         listener.setServiceParent(top)
     AdminService(top, static_upstreams, activity, reactor).setServiceParent(top)
-    if top.mirror is not None and config.images.listen is not None:
-        MirrorListener(top.mirror, config.images.listen, reactor).setServiceParent(top)
     return top
+
+
+def client_factories(top: GatewayService, reactor) -> dict:  # type: ignore[no-untyped-def]
+    """What serves each kind of client port (``client_ports``)."""
+    context = proxy_context(top, reactor)
+    # HTTPS: the ClientHello is read first, so a client rejecting our CA gets a tunnel.
+    top.passthrough = PassthroughFactory(top, reactor, context.is_own)
+    factories = {"http": top.site, "https": top.passthrough}
+    if top.config.server.proxy_port:
+        factories["proxy"] = ProxyFactory(reactor, context)
+    if top.mirror is not None:
+        factories["images"] = MirrorSite(MirrorResource(top.mirror), timeout=CLIENT_IDLE_TIMEOUT)
+    return factories
+
+
+def client_ports(config: Config, addresses: list[str]) -> list[tuple[str, str, int]]:
+    """(kind, address, port) of every port clients connect to."""
+    server = config.server
+    ports = []
+    for address in addresses:
+        ports.append(("http", address, server.http_port))
+        if server.https_port:
+            ports.append(("https", address, server.https_port))
+        if server.proxy_port:
+            ports.append(("proxy", address, server.proxy_port))
+    if config.images.listen is not None:
+        ports.append(("images", *config.images.listen))
+    return ports
 
 
 class MirrorListener(service.Service):
@@ -188,8 +217,8 @@ class MirrorListener(service.Service):
     need first, and dockerd goes to the registry itself while the mirror is away
     (``cachegate doctor`` reports it)."""
 
-    def __init__(self, mirror: RegistryMirror, address: tuple[str, int], reactor) -> None:  # type: ignore[no-untyped-def]
-        self.site = MirrorSite(MirrorResource(mirror), timeout=CLIENT_IDLE_TIMEOUT)
+    def __init__(self, site: MirrorSite, address: tuple[str, int], reactor) -> None:  # type: ignore[no-untyped-def]
+        self.site = site
         self.address = address
         self.reactor = reactor
         self.listening = None

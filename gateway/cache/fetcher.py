@@ -141,7 +141,9 @@ class Fetcher:
     def __init__(self, reactor, resolve: Resolve = system_resolve,  # type: ignore[no-untyped-def]
                  is_own: IsOwnAddress = lambda address, port: False,
                  connect_timeout: float = 10.0, idle_timeout: float = 60.0,
-                 tls_policy=None) -> None:  # type: ignore[no-untyped-def]
+                 tls_policy=None, endpoints=None) -> None:  # type: ignore[no-untyped-def]
+        """``endpoints`` (an ``IAgentEndpointFactory``) replaces the guarded TCP/TLS
+        connections, e.g. with UNIX sockets to another worker (``front/owners.py``)."""
         self.reactor = reactor
         self.resolve = resolve
         self.is_own = is_own
@@ -152,7 +154,8 @@ class Fetcher:
         self.pool._factory = _ConnectionAwareFactory
         self.pool.maxPersistentPerHost = MAX_CONNECTIONS_PER_HOST
         self.pool.cachedConnectionTimeout = POOL_IDLE_SECONDS
-        self.agent = Agent.usingEndpointFactory(reactor, _EndpointFactory(self), pool=self.pool)
+        self.agent = Agent.usingEndpointFactory(reactor, endpoints or _EndpointFactory(self),
+                                                pool=self.pool)
 
     def request(self, method: str, url: str, headers: dict[str, str],
                 body: bytes | None = None) -> "defer.Deferred[IResponse]":

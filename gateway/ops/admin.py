@@ -165,7 +165,7 @@ class AdminAPI:
         top = self.top
         store = top.store
         stored = cache_summary(store)
-        return {
+        doc = {
             "uptime": self.reactor.seconds() - self.started,
             "addresses": top.addresses,
             "docker_dns": top.advertise_ipv4,
@@ -184,6 +184,10 @@ class AdminAPI:
             "recent": self.activity.recent_lines(),
             "top": self.activity.top(TOP_OBJECTS),
         }
+        pool = getattr(top, "pool", None)  # worker processes serve the clients (workers.py)
+        if pool is not None:
+            doc.update(pool.overlay())
+        return doc
 
     def sample_history(self) -> None:
         """One point of the status page's plots (every ``SAMPLE_SECONDS``)."""

@@ -241,13 +241,15 @@ def serve(config, debug: bool) -> int:  # type: ignore[no-untyped-def]
     from twisted.internet import reactor
 
     from gateway.service import make_service
+    from gateway.workers import make_supervisor
 
     lock = hold_state_lock(config.server.state_dir)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     globalLogBeginner.beginLoggingTo(
         [LineObserver(sys.stdout, LogLevel.debug if debug else LogLevel.info)],
         redirectStandardIO=False)
-    top = make_service(config, reactor, AccessLog(sys.stdout))
+    build = make_supervisor if config.server.workers > 1 else make_service
+    top = build(config, reactor, AccessLog(sys.stdout))
     try:
         top.startService()
     except CannotListenError as e:

@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                    HistogramMetricFamily, Metric)
 
@@ -206,3 +207,36 @@ def metrics_registry(snapshot: Callable[[], dict[str, Any]],
 
 def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
+
+
+class _Pooled:
+    """The supervisor's ``/metrics``: every worker's series with a ``worker`` label, and
+    its own with ``worker="supervisor"`` (the DNS, the store and the CA live there only)."""
+
+    SUPERVISOR_ONLY = ("cachegate_dns", "cachegate_cache", "cachegate_tls", "cachegate_uptime")
+
+    def __init__(self, own: CollectorRegistry, texts: Callable[[], dict[str, str]]) -> None:
+        self.own, self.texts = own, texts
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        sources = [("supervisor", text_string_to_metric_families(render(self.own).decode()))]
+        sources += [(name, text_string_to_metric_families(text))
+                    for name, text in sorted(self.texts().items())]
+        for worker, parsed in sources:
+            for family in parsed:
+                if worker != "supervisor" and family.name.startswith(self.SUPERVISOR_ONLY):
+                    continue
+                into = families.setdefault(family.name, Metric(family.name,
+                                                               family.documentation,
+                                                               family.type, family.unit))
+                for sample in family.samples:
+                    into.add_sample(sample.name, {**sample.labels, "worker": worker},
+                                    sample.value, sample.timestamp)
+        yield from families.values()
+
+
+def pooled_metrics(own: CollectorRegistry, pool: Any) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Pooled(own, pool.metrics_texts))
+    return registry
