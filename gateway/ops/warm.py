@@ -23,7 +23,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
+from urllib.parse import urlsplit
 
 from gateway.config import Config
 from gateway.ecosystems.lockfiles import FORMATS, Item, LockfileError, parse
@@ -131,18 +132,27 @@ def _warm(args: argparse.Namespace, config: Config, paths: list[Path],
     if not client.running():
         raise GatewayDown(f"the gateway's admin API at {client.base} does not answer: "
                           "`cachegate warm` fills a running gateway")
+    refused = None
+    if pin:  # pinned before the fetches too, so a tight cache cannot evict early ones
+        refused = _pin_keys(client, pin, sorted({url_key(i.url) for i in items
+                                                  if i.url and not i.skipped}))
     progress = Progress(len(items), sys.stderr, not args.json, out)
     results = Warmer(client, args.jobs, progress).run(items)
     progress.close()
     summary = summarise(results)
-    refused = None
     if pin:
         keys = sorted({r["key"] for r in results if r.get("key")})
-        try:
-            summary["pin"] = client.json("PUT", f"/api/pins/{pin}", body={"keys": keys})
-        except ApiFailure as e:
-            refused = str(e)
+        refused = refused or _pin_keys(client, pin, keys)
+        if refused:  # never half a set: what the limit cannot hold is not pinned at all
+            try:
+                client.json("DELETE", f"/api/pins/{pin}")
+            except ApiFailure:
+                pass
             summary["pin"] = {"name": pin, "refused": refused}
+        else:
+            pins = client.json("GET", "/api/pins")
+            summary["pin"] = dict(pins["pins"].get(pin, {}), name=pin,
+                                  pinned_bytes=pins["pinned_bytes"])
     if args.json:
         print(json.dumps({"items": results, "summary": summary}, indent=2), file=out)
     else:
@@ -150,6 +160,22 @@ def _warm(args: argparse.Namespace, config: Config, paths: list[Path],
     if refused:
         print(f"cachegate: error: pin {pin} refused: {refused}", file=sys.stderr)
     return EXIT_OK if summary["ok"] and not refused else EXIT_FAILED
+
+
+def url_key(url: str) -> str:
+    """The store key of an artifact's URL (host + path + query; artifacts do not vary)."""
+    parts = urlsplit(url)
+    return (parts.hostname or "").lower() + (parts.path or "/") + \
+        (f"?{parts.query}" if parts.query else "")
+
+
+def _pin_keys(client: AdminClient, pin: str, keys: list[str]) -> str | None:
+    """Add ``keys`` to pin set ``pin``; the refusal's reason, or None."""
+    try:
+        client.json("PUT", f"/api/pins/{pin}", body={"keys": keys})
+    except ApiFailure as e:
+        return str(e)
+    return None
 
 
 def _dry_run(items: list[Item], as_json: bool, out: IO[str]) -> int:
