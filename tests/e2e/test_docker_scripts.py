@@ -62,8 +62,11 @@ class ScriptHost:
             (self.bin / name).chmod(0o755)
         self.config = tmp / "cachegate.toml"
         self.state = tmp / "state"
-        self.config.write_text(db.gateway_toml(self.state, daemon.address, origin.url,
-                                               "127.0.0.1:9", db.free_port()))
+        self.mirror = f"http://127.0.0.1:{db.free_port()}"  # the registry mirror
+        toml = db.gateway_toml(self.state, daemon.address, origin.url, "127.0.0.1:9",
+                               db.free_port())
+        self.config.write_text(toml.replace('[images]\nlisten = ""',
+                                            f'[images]\nlisten = "{self.mirror[7:]}"'))
 
     def env(self, systemd: bool) -> dict[str, str]:
         env = self.daemon.env(CACHEGATE_CONFIG=str(self.config),
@@ -146,8 +149,10 @@ async def test_start_points_the_real_daemon_at_cachegate_and_stop_undoes_it(
     assert "systemctl restart docker" in host.calls.read_text()
     assert "Docker restarted and answering" in out
     assert f"{IMAGE}: now trusts the cachegate CA" in out
-    assert json.loads(docker_daemon.daemon_json.read_text()) == {"log-level": "warn",
-                                                                 "dns": [address]}
+    assert json.loads(docker_daemon.daemon_json.read_text()) == {
+        "log-level": "warn", "dns": [address], "registry-mirrors": [host.mirror]}
+    mirrors = docker_daemon.docker("info", "--format", "{{json .RegistryConfig.Mirrors}}")
+    assert host.mirror in mirrors.stdout
     built = await resolves(docker_daemon, tmp_path, "started", lookup=True)
     assert built.returncode == 0, built.output
     assert f"nameserver {address}" in built.output
@@ -160,6 +165,8 @@ async def test_start_points_the_real_daemon_at_cachegate_and_stop_undoes_it(
     lines = doctor.stdout.splitlines()
     docker_line = next(line for line in lines if "Docker DNS" in line)
     assert docker_line.startswith("✓") and f"['{address}']" in docker_line, doctor.stdout
+    mirror_line = next(line for line in lines if "Docker registry mirror" in line)
+    assert mirror_line.startswith("✓") and host.mirror in mirror_line, doctor.stdout
     images_line = next(line for line in lines if "build images trust the CA" in line)
     assert images_line.startswith("✓") and IMAGE in images_line, doctor.stdout
 
