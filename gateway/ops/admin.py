@@ -159,7 +159,8 @@ class AdminAPI:
         return {"counts": summary["counts"], "recent": summary["events"][-3:]}
 
     def listeners(self) -> dict[str, list[int]]:
-        return {kind: self.top.ports(kind) for kind in ("http", "https", "proxy", "dns", "admin")}
+        return {kind: self.top.ports(kind)
+                for kind in ("http", "https", "proxy", "dns", "admin", "images")}
 
     def stats(self) -> dict[str, Any]:
         top = self.top
@@ -181,6 +182,9 @@ class AdminAPI:
                       "pinned": store.pinned_bytes()},
             "integrity": dict(top.gateway.flights.integrity.counts),
             "downloads": {"active": len(top.gateway.flights.active)},
+            # The registry mirror: upstream pulls and tag revalidations per registry (its
+            # requests by label are under "gateway", by registry name).
+            "images": top.mirror.summary() if top.mirror is not None else None,
             "recent": self.activity.recent_lines(),
             "top": self.activity.top(TOP_OBJECTS),
         }

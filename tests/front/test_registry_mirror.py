@@ -289,6 +289,12 @@ def test_service_wires_the_mirror(tmp_path, upstream) -> None:  # type: ignore[n
         assert reply.status == 200 and reply.body == top.data
         assert gw.service.stats.by_ecosystem["dockerhub"].requests["MISS"] == 1
         assert gw.store.get(object_key("manifests", top.digest)) is not None
+        admin = gw.service.ports("admin")[0]
+        stats = yield fetch(admin, "127.0.0.1", "/api/stats")
+        stats = json.loads(stats.body)
+        assert stats["listeners"]["images"] == [port]
+        assert stats["images"]["registries"]["dockerhub"]["pulls"] == 1
+        assert stats["gateway"]["ecosystems"]["dockerhub"]["requests"] == {"MISS": 1}
         taken = _replace(config, images=ImagesConfig(("127.0.0.1", port), 60, registries),
                          server=_replace(config.server, state_dir=tmp_path / "other"))
         second = RunningGateway(taken)  # starts; its mirror port is taken
