@@ -53,6 +53,7 @@ class GatewayCollector:
         live = self.live() if self.live is not None else None
         yield from _requests(doc["gateway"], live.ecosystems if live is not None else ())
         yield from _passthrough(doc.get("passthrough", {}))
+        yield from _images(doc.get("images"))
         if live is not None:
             yield from _live(live)
         yield from _dns(doc["dns"])
@@ -194,6 +195,23 @@ def _passthrough(doc: dict[str, Any]) -> Iterator[Metric]:
     yield CounterMetricFamily("cachegate_passthrough_tunnel_failures", "Tunnels that could not "
                               "reach the real upstream", value=sum(p["tunnel_failures"]
                                                                    for p in pairs))
+
+
+def _images(doc: dict[str, Any] | None) -> Iterator[Metric]:
+    """The registry mirror's upstream requests ("GET manifests" are Docker Hub's counted
+    pulls) and tag revalidations, per registry."""
+    upstream = CounterMetricFamily("cachegate_registry_upstream_requests", "Requests the "
+                                   "registry mirror sent upstream, by registry and request",
+                                   labels=["registry", "request"])
+    checks = CounterMetricFamily("cachegate_registry_tag_checks", "Tag revalidations (upstream "
+                                 "HEADs) by registry and outcome", labels=["registry", "outcome"])
+    for registry, figures in ((doc or {}).get("registries") or {}).items():
+        for request, n in figures["upstream"].items():
+            upstream.add_metric([registry, request], n)
+        for outcome, n in figures["tag_checks"].items():
+            checks.add_metric([registry, outcome], n)
+    yield upstream
+    yield checks
 
 
 def metrics_registry(snapshot: Callable[[], dict[str, Any]],

@@ -295,6 +295,11 @@ def test_service_wires_the_mirror(tmp_path, upstream) -> None:  # type: ignore[n
         assert stats["listeners"]["images"] == [port]
         assert stats["images"]["registries"]["dockerhub"]["pulls"] == 1
         assert stats["gateway"]["ecosystems"]["dockerhub"]["requests"] == {"MISS": 1}
+        metrics = yield fetch(admin, "127.0.0.1", "/metrics")
+        assert b'cachegate_registry_upstream_requests_total{registry="dockerhub",' \
+               b'request="GET manifests"} 1.0' in metrics.body
+        assert b'cachegate_registry_tag_checks_total{outcome="new",registry="dockerhub"} 1.0' \
+            in metrics.body or b'registry="dockerhub",outcome="new"' in metrics.body
         taken = _replace(config, images=ImagesConfig(("127.0.0.1", port), 60, registries),
                          server=_replace(config.server, state_dir=tmp_path / "other"))
         second = RunningGateway(taken)  # starts; its mirror port is taken
