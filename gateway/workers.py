@@ -13,12 +13,15 @@ worker, whose flights do the key's single upstream fetch; the others relay its s
 (``front/owners.py``).  The supervisor itself is such an asker for the admin API's
 fetches (``cachegate warm``).
 
-Rejected: ``SO_REUSEPORT`` with a socket per worker gives a restarting worker's share of
-new connections to nobody, while an inherited socket keeps them queued for its siblings.
+Each worker has a listening socket of its own on each port (``SO_REUSEPORT``): the kernel
+spreads connections evenly (one shared socket woke every worker and let one take them all,
+3:1 or worse).  The supervisor keeps them open, so while a worker restarts its share of new
+connections waits in its socket's backlog instead of being refused.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import pickle
@@ -58,6 +61,7 @@ RESTART_SECONDS = 0.5
 # On stop, a worker gets this long to finish before it is killed.
 STOP_SECONDS = 10.0
 LISTEN_BACKLOG = 1024
+PR_SET_PDEATHSIG = 1
 CONTROL_HOST = "cachegate.worker"  # the Host of the supervisor's own requests to a worker
 
 
@@ -89,7 +93,7 @@ class WorkerPool(service.Service):
 
     def __init__(self, top: GatewayService, reactor, count: int) -> None:  # type: ignore[no-untyped-def]
         self.top, self.reactor, self.count = top, reactor, count
-        self.sockets: list[tuple[str, socket.socket]] = []
+        self.sockets: list[list[tuple[str, socket.socket]]] = [[] for _ in range(count)]
         self.workers = [WorkerState(i) for i in range(count)]
         self.processes: dict[int, protocol.ProcessProtocol] = {}
         self.directory = runtime_dir(top.config)
@@ -101,9 +105,11 @@ class WorkerPool(service.Service):
         self.directory.mkdir(mode=0o700, exist_ok=True)
         self.top.external_ports = {}
         for kind, address, port in client_ports(self.top.config, self.top.addresses):
-            sock = bind(address, port)
-            self.sockets.append((kind, sock))
-            self.top.external_ports.setdefault(kind, []).append(sock.getsockname()[1])
+            for mine in self.sockets:
+                sock = bind(address, port)
+                port = sock.getsockname()[1]  # the siblings share the port 0 picked
+                mine.append((kind, sock))
+            self.top.external_ports.setdefault(kind, []).append(port)
         for worker in self.workers:
             self.spawn(worker.index)
         for loop, seconds in zip(self.loops, (EVICT_SECONDS, GATHER_SECONDS)):
@@ -115,7 +121,7 @@ class WorkerPool(service.Service):
             return
         fds: dict[int, Any] = {0: "w", 1: 1, 2: 2}
         specs = []
-        for n, (kind, sock) in enumerate(self.sockets):
+        for n, (kind, sock) in enumerate(self.sockets[index]):
             fds[3 + n] = sock.fileno()
             specs.append(f"{kind}:{3 + n}:{sock.family.value}")
         child = _WorkerProcess(self, index)
@@ -214,9 +220,10 @@ class WorkerPool(service.Service):
                          onTimeoutCancel=lambda _, c=child: _kill(c, signal.SIGKILL))
             waits.append(d)
             _kill(child, signal.SIGTERM)
-        for _, sock in self.sockets:
-            sock.close()
-        self.sockets.clear()
+        for mine in self.sockets:
+            for _, sock in mine:
+                sock.close()
+            mine.clear()
         return defer.DeferredList(waits, consumeErrors=True)
 
 
@@ -236,10 +243,12 @@ class _WorkerProcess(protocol.ProcessProtocol):
 
 
 def bind(address: str, port: int) -> socket.socket:
-    """A listening TCP socket the workers inherit."""
+    """A listening TCP socket for one worker; its siblings have their own on the same
+    port (``SO_REUSEPORT``), so the kernel spreads connections evenly over them."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((address, port))
     except OSError as e:
@@ -248,6 +257,7 @@ def bind(address: str, port: int) -> socket.socket:
         raise CannotListenError(address, port, e) from None
     sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
+    sock.setblocking(False)  # Twisted's adoptStreamPort leaves the flag as it finds it
     return sock
 
 
@@ -257,7 +267,7 @@ class PooledStats(Stats):
     pool: WorkerPool | None = None
 
     def as_dict(self) -> dict:
-        gathered = self.pool.gathered("stats") if self.pool else []
+        gathered = self.pool.gathered("gateway") if self.pool else []
         return add_stats(gathered) if gathered else super().as_dict()
 
 
@@ -340,6 +350,14 @@ class InternalChannel(http.HTTPChannel):
     internal = True
 
 
+class InternalSite(server.Site):
+    protocol = InternalChannel
+    noisy = False
+
+    def log(self, request: server.Request) -> None:
+        """Hops are in the access log already; the supervisor's questions need no line."""
+
+
 class ControlResource(Resource):
     """``Host: cachegate.worker``: the supervisor's questions; anything else is a hop."""
 
@@ -378,13 +396,19 @@ def make_worker(config: Config, reactor, index: int, count: int,  # type: ignore
     directory = runtime_dir(config)
     top.gateway.owners = Owners(reactor, index, count, directory, config.cache.idle_timeout)
     api = AdminAPI(top, config.upstreams, activity, reactor, "", True)
-    site = server.Site(ControlResource(api, config))
-    site.protocol = InternalChannel
-    site.noisy = False
+    site = InternalSite(ControlResource(api, config))
     path = socket_path(directory, index)
     path.unlink(missing_ok=True)  # a predecessor's, killed before it could remove it
     reactor.listenUNIX(str(path), site, mode=0o600)
     return top
+
+
+def _die_with_parent() -> None:
+    """SIGTERM this worker when the supervisor dies, however it dies (Linux prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the supervisor was gone before the prctl
+        sys.exit(1)
 
 
 def main(argv: list[str]) -> int:
@@ -396,6 +420,7 @@ def main(argv: list[str]) -> int:
     from gateway.front.accesslog import AccessLog
     from gateway.ops.logging import LineObserver
 
+    _die_with_parent()
     index, count = int(argv[0]), int(argv[1])
     sockets = [(kind, int(fd), int(family))
                for kind, fd, family in (spec.split(":") for spec in argv[2:])]

@@ -228,8 +228,9 @@ def render(registry: CollectorRegistry) -> bytes:
 
 
 class _Pooled:
-    """The supervisor's ``/metrics``: every worker's series with a ``worker`` label, and
-    its own with ``worker="supervisor"`` (the DNS, the store and the CA live there only)."""
+    """The supervisor's ``/metrics``: the workers' series with a ``worker`` label, the
+    DNS, store and CA series of the supervisor (where those live) with
+    ``worker="supervisor"``, and every process's own (CPU, memory)."""
 
     SUPERVISOR_ONLY = ("cachegate_dns", "cachegate_cache", "cachegate_tls", "cachegate_uptime")
 
@@ -243,7 +244,8 @@ class _Pooled:
                     for name, text in sorted(self.texts().items())]
         for worker, parsed in sources:
             for family in parsed:
-                if worker != "supervisor" and family.name.startswith(self.SUPERVISOR_ONLY):
+                mine = family.name.startswith(self.SUPERVISOR_ONLY)
+                if not family.name.startswith("process_") and (worker == "supervisor") != mine:
                     continue
                 into = families.setdefault(family.name, Metric(family.name,
                                                                family.documentation,
