@@ -23,12 +23,13 @@ class Mirror:
 
     def __init__(self, directory: Path, origin_url: str,
                  names: tuple[str, ...] = ("dockerhub", "ghcr"), port: int = 0,
+                 credentials: dict[str, str] | None = None,
                  **options) -> None:  # type: ignore[no-untyped-def]
         registries = tuple(replace(r, origin=origin_url) if r.name in names else r
                            for r in REGISTRIES)
         self.store = Store(directory / "cache", 2**30, reactor.seconds)
         self.fetcher = Fetcher(reactor, connect_timeout=2, idle_timeout=5)
-        self.client = RegistryClient(reactor, self.fetcher)
+        self.client = RegistryClient(reactor, self.fetcher, credentials)
         self.stats = Stats()
         self.mirror = RegistryMirror(reactor, self.store, self.client, registries,
                                      stats=self.stats, **options)

@@ -371,3 +371,25 @@ def test_a_tls_hello_is_refused_at_once(mirror) -> None:  # type: ignore[no-unty
     assert (yield threads.deferToThread(hello)) == b""
     ping = yield m.get("/v2/")
     assert ping.status == 200
+
+
+@pytest_twisted.inlineCallbacks
+def test_credentials_file_goes_to_the_token_realm_only(tmp_path, upstream, capsys) -> None:  # type: ignore[no-untyped-def]
+    import base64
+    secret = tmp_path / "hub.cred"
+    secret.write_text("robot:s3cret-passw0rd\n")
+    m = Mirror(tmp_path / "m", upstream.url(), credentials={"dockerhub": str(secret)})
+    try:
+        reply = yield m.get("/v2/library/single/manifests/latest")
+        assert reply.status == 200
+    finally:
+        yield m.close()
+    basic = "Basic " + base64.b64encode(b"robot:s3cret-passw0rd").decode()
+    token_requests = [s for s in upstream.seen if s.where == "token"]
+    assert token_requests and all(s.headers.get("authorization") == basic
+                                  for s in token_requests)
+    to_registry = [s for s in upstream.seen if s.where == "registry"]
+    assert "authorization" not in to_registry[0].headers  # met the challenge
+    assert all(s.headers["authorization"].startswith("Bearer ") for s in to_registry[1:])
+    out = capsys.readouterr()
+    assert "s3cret" not in out.out + out.err
