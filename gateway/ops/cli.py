@@ -43,7 +43,7 @@ from gateway.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from gateway.ops.humanize import human_bytes, human_duration, percent
 from gateway.front.accesslog import AccessLog
 from gateway.ops.logging import LineObserver
-from gateway.ops import trust
+from gateway.ops import images_setup, trust
 from tls.ca import CAError
 
 log = Logger()
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_options(parser, None, False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     trust.add_parser(commands)
+    images_setup.add_parser(commands)
     from gateway.ops import warm
     warm.add_parsers(commands)
     commands.add_parser("serve", help="run the gateway in the foreground",
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                                                     state_dir=args.state_dir.expanduser()))
         if args.command == "trust":
             return trust.run(args, config)
+        if args.command == "images":
+            return images_setup.run(args, config)
         if args.command in ("warm", "pin"):
             from gateway.ops import warm
             return warm.run(args, config)
