@@ -165,11 +165,12 @@ def _ctr(daemon, namespace: str, *argv: str):  # type: ignore[no-untyped-def]
 
 @pytest_twisted.ensureDeferred
 async def test_ctr_hosts_dir_pulls_a_non_hub_name(docker_daemon, upstream, mirror, tmp_path):  # type: ignore[no-untyped-def]
-    hosts = tmp_path / "certs.d" / "ghcr.io"
-    hosts.mkdir(parents=True)
-    (hosts / "hosts.toml").write_text(
-        'server = "https://ghcr.io"\n\n'
-        f'[host."{mirror.url}"]\n  capabilities = ["pull", "resolve"]\n')
+    # The files `cachegate images setup --dir` writes.
+    from dataclasses import replace
+    from gateway.config import Config, ImagesConfig
+    from gateway.ops.images_setup import setup
+    setup(replace(Config(), images=ImagesConfig(("127.0.0.1", mirror.port))),
+          tmp_path / "certs.d")
     ref = "ghcr.io/team/tool:latest"
     ghcr = lambda: sum(mirror.stats.by_ecosystem["ghcr"].requests.values())  # noqa: E731
     for n, namespace in enumerate(("cg-mirror-1", "cg-mirror-2")):
