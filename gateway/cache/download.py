@@ -13,12 +13,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.cache.rules import Digest
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 log = Logger()
 
@@ -40,6 +43,13 @@ class VerificationError(Exception):
         self.digest = digest
 
 
+def _compare(digest: Digest, got: str) -> None:
+    if got != digest.hex:
+        source = f" ({digest.source})" if digest.source else ""
+        raise VerificationError(f"{digest.algorithm} {got} != {digest.hex} expected{source}",
+                                digest)
+
+
 def _file_digest(digest: Digest, path: str) -> str:
     """A digest of the whole body file (not a hash of its bytes: Go's ``h1:`` of a zip's
     files), read once after the last byte; an unreadable body matches nothing."""
@@ -53,7 +63,8 @@ class Download:
     """An upstream body being written to ``path``; readers follow it with ``pread``."""
 
     def __init__(self, path: str, length: int | None,
-                 expected: Digest | Sequence[Digest] | None = None) -> None:
+                 expected: Digest | Sequence[Digest] | None = None,
+                 in_thread: Callable[..., "Deferred"] | None = None) -> None:
         self.path = path
         self.length = length  # from Content-Length, when the upstream sent one
         # The digests the URL, an index, a lockfile or the first copy promise.
@@ -68,6 +79,10 @@ class Download:
         # digests of the whole file (``Digest.of_file``), computed when the body ends.
         self._hashers = [(d, d.hasher()) for d in self.checks
                          if d.algorithm != "sha256" and d.of_file is None]
+        # Whole-file digests read the body again: in a thread when given one (a module
+        # zip of tens of MB must not stall the reactor), else here.
+        self._in_thread = in_thread
+        self._ending = False  # the body has ended; whole-file digests being computed
         self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._read_fd: int | None = os.open(path, os.O_RDONLY)
         self._watchers: list[Watcher] = []
@@ -98,7 +113,7 @@ class Download:
         self._producer = producer
 
     def write(self, data: bytes) -> None:
-        if self.finished:
+        if self.finished or self._ending:
             return
         if self.spilled:
             self._tail += data
@@ -175,7 +190,7 @@ class Download:
         return self.done and not self.spilled
 
     def finish(self, failure: Failure | None) -> None:
-        if self.finished:
+        if self.finished or self._ending:
             return
         os.close(self._write_fd)
         if failure is None:
@@ -183,6 +198,20 @@ class Download:
                 self._verify()
             except VerificationError as e:
                 failure = Failure(e)
+        if failure is None and any(d.of_file for d in self.checks):
+            if self._in_thread is not None:
+                self._ending = True
+                d = self._in_thread(self._verify_files)
+                d.addCallbacks(lambda _: self._complete(None), self._complete)
+                return
+            try:
+                self._verify_files()
+            except VerificationError as e:
+                failure = Failure(e)
+        self._complete(failure)
+
+    def _complete(self, failure: Failure | None) -> None:
+        self._ending = False
         if failure is None:
             self.done = True
         else:
@@ -205,14 +234,14 @@ class Download:
             raise VerificationError(f"got {self.size} bytes, Content-Length said {self.length}")
         hashers = dict((id(d), h) for d, h in self._hashers)
         for digest in self.checks:
+            if digest.of_file is None:
+                _compare(digest, hashers.get(id(digest), self.sha256).hexdigest())
+
+    def _verify_files(self) -> None:
+        """The whole-file digests (blocking: reads the body again)."""
+        for digest in self.checks:
             if digest.of_file is not None:
-                got = _file_digest(digest, self.path)
-            else:
-                got = hashers.get(id(digest), self.sha256).hexdigest()
-            if got != digest.hex:
-                source = f" ({digest.source})" if digest.source else ""
-                raise VerificationError(
-                    f"{digest.algorithm} {got} != {digest.hex} expected{source}", digest)
+                _compare(digest, _file_digest(digest, self.path))
 
     @property
     def verified(self) -> list[str]:

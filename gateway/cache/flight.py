@@ -11,9 +11,10 @@ response may be stored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable, Union
 
-from twisted.internet import defer, error
+from twisted.internet import defer, error, threads
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -101,6 +102,7 @@ class Flights:
         self.events = events or EngineEvents()  # upstream times and errors, integrity
         # Digests promised for fills, learning from stored indexes, refused bodies.
         self.integrity = Integrity(reactor, store)
+        self.in_thread = partial(threads.deferToThreadPool, reactor, reactor.getThreadPool())
 
     def obtain(self, target: Target, stale: Entry | None) -> "defer.Deferred[Outcome]":
         """Join the flight for ``target.key``, starting it if there is none."""
@@ -312,7 +314,8 @@ class Flight:
         expected = self.flights.integrity.expectations(
             target.upstream, target.rule, target.path, target.base) if response.code == 200 \
             else None
-        download = Download(self.flights.store.new_partial(), _length(response), expected)
+        download = Download(self.flights.store.new_partial(), _length(response), expected,
+                            self.flights.in_thread)
         if refusal is None:
             self.flights.store.set_vary(self.target.base, self.vary)
             key = variant_key(self.target.base, self.vary, self.target.headers)
