@@ -42,6 +42,7 @@ class RegistryOrigin:
     token_lifetime: int = 300
     auth: bool = True  # require a Bearer token on /v2/<name>/...
     redirect_blobs: bool = True  # blobs: 307 to the CDN listener
+    head_digest: bool = True  # Docker-Content-Digest on manifest HEADs (some omit it)
     manifests: dict[str, Blob] = field(default_factory=dict)  # by digest
     tags: dict[tuple[str, str], str] = field(default_factory=dict)  # (repo, tag) -> digest
     blobs: dict[str, Blob] = field(default_factory=dict)
@@ -142,7 +143,8 @@ class RegistryOrigin:
         if blob is None:
             return _error(request, 404, "MANIFEST_UNKNOWN", "manifest unknown")
         request.setHeader("Content-Type", blob.media_type)
-        request.setHeader("Docker-Content-Digest", blob.digest)
+        if self.head_digest or request.method != b"HEAD":
+            request.setHeader("Docker-Content-Digest", blob.digest)
         return _body(request, blob.data)
 
     def _blob(self, request: server.Request, digest: str) -> bytes:

@@ -19,8 +19,10 @@ A client request carrying credentials is relayed uncached.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -63,6 +65,7 @@ SMALL_BODY = 64 * 1024
 # An upstream error body passed on to the client (a refusal) is cut to this.
 MAX_ERROR_BODY = 64 * 1024
 _REDIRECTS = (301, 302, 303, 307, 308)
+_DIGEST_HEADER = re.compile(r"sha256:[0-9a-f]{64}")
 _ERROR_CODES = {"manifests": "MANIFEST_UNKNOWN", "blobs": "BLOB_UNKNOWN"}
 
 
@@ -474,15 +477,17 @@ class RegistryMirror:
         d = self.client.request(ex.registry, t.host, t.name, "HEAD", t.path,
                                 {"accept": accept_header(klass)})
 
-        def answered(response) -> TagRecord | Outcome:  # type: ignore[no-untyped-def]
+        def answered(response):  # type: ignore[no-untyped-def]
             _drain(response)
             digest = _header(response, "docker-content-digest")
-            if response.code == 200 and digest.startswith("sha256:") and len(digest) == 71:
+            if response.code == 200 and _DIGEST_HEADER.fullmatch(digest):
                 size = _head_length(response)
                 fresh = TagRecord(digest, _header(response, "content-type"), size,
                                   self.reactor.seconds())
                 self.store.cache.set(key, fresh.to_json())
                 return fresh
+            if response.code == 200:  # a registry that names no digest: GET it and hash
+                return self._tag_by_get(ex, klass, key)
             if response.code == 404:
                 self.store.cache.delete(key)
                 return Refused(404, [], b"")
@@ -492,6 +497,46 @@ class RegistryMirror:
         d.addCallback(answered)
         d.addErrback(lambda f: Unavailable(f.getErrorMessage()))
         return d
+
+    def _tag_by_get(self, ex: Exchange, klass: str, key: str) -> defer.Deferred:
+        """The tag's manifest by GET (a registry whose HEAD carries no digest): hashed,
+        stored under its digest, recorded."""
+        t = ex.target
+        d = self.client.request(ex.registry, t.host, t.name, "GET", t.path,
+                                {"accept": accept_header(klass)})
+
+        def answered(response):  # type: ignore[no-untyped-def]
+            if response.code != 200:
+                return self._not_ok(response, ex)
+            if response.length is not UNKNOWN_LENGTH and response.length > MAX_MANIFEST:
+                _drain(response)
+                return Unavailable("manifest too large")
+            content_type = _header(response, "content-type")
+            return readBody(response).addCallback(self._store_manifest, ex, key, content_type)
+        d.addCallback(answered)
+        d.addErrback(lambda f: Unavailable(f.getErrorMessage()))
+        return d
+
+    def _store_manifest(self, body: bytes, ex: Exchange, key: str,
+                        content_type: str) -> TagRecord | Outcome:
+        hex_digest = hashlib.sha256(body).hexdigest()
+        digest = "sha256:" + hex_digest
+        partial = self.store.new_partial()
+        with open(partial, "wb") as f:
+            f.write(body)
+        now = self.reactor.seconds()
+        meta = Meta(object_key("manifests", digest), ECOSYSTEM, 200,
+                    [("Content-Type", content_type), ("Docker-Content-Digest", digest)],
+                    freshness(IMMUTABLE, 200, {}, now, now, 0), len(body), hex_digest,
+                    {"registry": ex.registry.name, "repository": ex.target.name})
+        try:
+            self.store.commit(meta.url, meta, partial)
+        except Exception:  # a full disk: the answer is still good
+            log.failure("cannot store {key}", key=meta.url)
+            os.unlink(partial)
+        record = TagRecord(digest, content_type, len(body), now)
+        self.store.cache.set(key, record.to_json())
+        return record
 
     def _tag_checked(self, result: TagRecord | Outcome, ex: Exchange,
                      record: TagRecord | None) -> None:

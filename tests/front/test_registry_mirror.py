@@ -393,3 +393,15 @@ def test_credentials_file_goes_to_the_token_realm_only(tmp_path, upstream, capsy
     assert all(s.headers["authorization"].startswith("Bearer ") for s in to_registry[1:])
     out = capsys.readouterr()
     assert "s3cret" not in out.out + out.err
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_registry_whose_head_names_no_digest(mirror, upstream) -> None:  # type: ignore[no-untyped-def]
+    _, top = upstream.layouts["single"]
+    upstream.head_digest = False
+    m = mirror(tag_ttl=0)
+    first = yield m.get("/v2/library/single/manifests/latest")
+    assert first.body == top.data and first.headers["docker-content-digest"] == top.digest
+    assert m.store.get(object_key("manifests", top.digest)) is not None
+    head = yield m.get("/v2/library/single/manifests/latest", "HEAD")
+    assert head.headers["docker-content-digest"] == top.digest
