@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -44,6 +44,7 @@ from gateway.cache.ranges import UNSATISFIABLE, parse_range
 from gateway.cache.rules import Digest, Policy, Rule
 from gateway.cache.store import Entry, Meta, Store
 from gateway.cache.streaming import FileStreamer
+from gateway.cache.verify import body_problem
 from gateway.ecosystems.images import (MAX_MANIFEST, REGISTRIES, MirrorRequest, NotARead,
                                        Registry, accept_class, accept_header, find_registry,
                                        object_key, parse_challenge, parse_request,
@@ -304,6 +305,7 @@ class RegistryMirror:
         self.fills: dict[str, Filling] = {}  # by object key, while the body streams in
         self.tag_checks: Counter[tuple[str, str]] = Counter()  # (registry, outcome)
         self.shared = Shared()  # object fetches and tag checks in progress
+        self.verified: set[str] = set()  # object keys re-hashed since this process started
 
     # -- routing --------------------------------------------------------------------
 
@@ -583,6 +585,8 @@ class RegistryMirror:
         return "sha256:" + filling.download.expected.hex
 
     def _serve_entry(self, ex: Exchange, entry: Entry, label: str) -> None:
+        if ex.method == "GET" and entry.key not in self.verified:
+            return self._verify_then_serve(ex, entry, label)
         if label == "STALE":
             ex.request.setHeader("Warning", '110 - "Response is Stale"')
         try:
@@ -592,6 +596,29 @@ class RegistryMirror:
             return self._object(ex, ex.target.kind, entry.key.rpartition("/")[2])
         self._send(ex, fd, entry.meta.length, entry.meta.header("content-type") or BLOB_TYPE,
                    "sha256:" + entry.meta.sha256, label, None)
+
+    def _verify_then_serve(self, ex: Exchange, entry: Entry, label: str) -> None:
+        """Re-hash a stored object (in a thread) the first time this process serves it:
+        bytes damaged on disk are caught once per object per process, not per pull."""
+        def check() -> str | None:
+            if entry.key.rpartition(":")[2] != entry.meta.sha256:
+                return "stored under another digest"
+            return body_problem(entry)
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), check)
+
+        def checked(problem: str | None) -> None:
+            if problem is None:
+                self.verified.add(entry.key)
+                if not ex.gone:
+                    self._serve_entry(ex, entry, label)
+                return
+            log.error("stored {key} is damaged ({reason}): dropped, fetching it again",
+                      key=entry.key, reason=problem)
+            self.store.delete(entry.key)
+            if not ex.gone:
+                self._object(ex, ex.target.kind, "sha256:" + entry.key.rpartition(":")[2])
+        d.addCallback(checked)
+        d.addErrback(self._bug, ex)
 
     def _serve_head(self, ex: Exchange, digest: str, content_type: str, size: int,
                     label: str) -> None:

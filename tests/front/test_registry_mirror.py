@@ -405,3 +405,26 @@ def test_a_registry_whose_head_names_no_digest(mirror, upstream) -> None:  # typ
     assert m.store.get(object_key("manifests", top.digest)) is not None
     head = yield m.get("/v2/library/single/manifests/latest", "HEAD")
     assert head.headers["docker-content-digest"] == top.digest
+
+
+@pytest_twisted.inlineCallbacks
+def test_bytes_damaged_on_disk_are_caught_on_the_first_serve(mirror, upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    layout, top = upstream.layouts["single"]
+    layer = _blobs(layout, top.digest)[-1]
+    warm = Mirror(tmp_path / "shared", upstream.url())
+    yield warm.get(f"/v2/library/single/blobs/{layer}")
+    entry = warm.store.get(object_key("blobs", layer))
+    yield warm.close()
+    with open(entry.path, "r+b") as body:  # type: ignore[union-attr]
+        body.seek(100)
+        body.write(b"\0")
+    upstream.reset()
+    again = Mirror(tmp_path / "shared", upstream.url())  # a new process over the same store
+    try:
+        reply = yield again.get(f"/v2/library/single/blobs/{layer}")
+        assert "sha256:" + reply.sha256 == layer and reply.headers["x-cache"] == "MISS"
+        assert upstream.count("GET", layer, where="cdn") == 1
+        hit = yield again.get(f"/v2/library/single/blobs/{layer}")
+        assert hit.headers["x-cache"] == "HIT" and "sha256:" + hit.sha256 == layer
+    finally:
+        yield again.close()
