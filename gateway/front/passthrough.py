@@ -55,6 +55,10 @@ MAX_HELLO = 5 + 16 * 1024
 # starts once the TLS layer is there).
 HELLO_TIMEOUT = 30.0
 NEED_MORE = object()  # client_hello_sni: the ClientHello is not complete yet
+# How long a completed handshake vouches for its (client, name): long enough for the
+# connections a client abandons as it exits, short because Docker hands a container's
+# address to the next one, which may run an image that does not trust us.
+TRUSTING_MEMO_SECONDS = 60.0
 
 Locate = Callable[[str], "defer.Deferred[list[tuple[str, int]]]"]
 
@@ -146,7 +150,7 @@ class PassthroughFactory(Factory):
         self.untrusted = UntrustedMemo(reactor.seconds)
         # (client, name) pairs that completed a handshake with our certificate lately: a
         # silent close from them is not a rejection (see _TrustWatch).
-        self.trusting = UntrustedMemo(reactor.seconds)
+        self.trusting = UntrustedMemo(reactor.seconds, TRUSTING_MEMO_SECONDS)
         self.stats = PassthroughStats()
         self.locate: Locate = self._forwarded
 
