@@ -182,6 +182,7 @@ class AdminAPI:
                       "pinned": store.pinned_bytes()},
             "integrity": dict(top.gateway.flights.integrity.counts),
             "downloads": {"active": len(top.gateway.flights.active)},
+            "upstream": self.upstream_totals(),
             # The registry mirror: upstream pulls and tag revalidations per registry (its
             # requests by label are under "gateway", by registry name).
             "images": top.mirror.summary() if top.mirror is not None else None,
@@ -194,20 +195,23 @@ class AdminAPI:
         return doc
 
     def sample_history(self) -> None:
-        """One point of the status page's plots (every ``SAMPLE_SECONDS``)."""
-        top = self.top
-        total = top.stats.total
-        self.history.sample(reading(total.requests, total.bytes_from_cache,
-                                    total.bytes_from_upstream,
-                                    sum(top.gateway.flights.events.upstream_errors.values())))
+        """One point of the status page's plots (every ``SAMPLE_SECONDS``); with worker
+        processes, of their summed counters."""
+        total = self.top.stats.as_dict()["total"]
+        self.history.sample(reading(total["requests"], total["bytes_from_cache"],
+                                    total["bytes_from_upstream"],
+                                    self.upstream_totals()["errors"]))
 
-    def sample_history(self) -> None:
-        """One point of the status page's plots (every ``SAMPLE_SECONDS``)."""
-        top = self.top
-        total = top.stats.total
-        self.history.sample(reading(total.requests, total.bytes_from_cache,
-                                    total.bytes_from_upstream,
-                                    sum(top.gateway.flights.events.upstream_errors.values())))
+    def upstream_totals(self) -> dict[str, int]:
+        """Upstream requests and failed ones (every kind), summed over the workers when
+        there are worker processes."""
+        pool = getattr(self.top, "pool", None)
+        if pool is not None:
+            parts = pool.gathered("upstream")
+            return {k: sum(p.get(k, 0) for p in parts) for k in ("requests", "errors")}
+        events = self.top.gateway.flights.events
+        return {"requests": sum(events.requests.values()),
+                "errors": sum(events.upstream_errors.values())}
 
     def live(self) -> Live:
         top = self.top
