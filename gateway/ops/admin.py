@@ -51,9 +51,7 @@ from twisted.web.resource import Resource
 from gateway.cache import verify
 from gateway.front.passthrough import advice
 from gateway.addresses import DOCKER_BRIDGE, interface_ipv4
-from gateway.addresses import DOCKER_BRIDGE, interface_ipv4
 from gateway.ops.activity import Activity
-from gateway.ops.history import SAMPLE_SECONDS, History, reading
 from gateway.ops.history import SAMPLE_SECONDS, History, reading
 from gateway.ops.admin_client import TOKEN_FILE
 from gateway.cache.rules import Upstream
@@ -141,7 +139,6 @@ class AdminAPI:
         self.started = reactor.seconds()
         self.prefetcher = Prefetcher(top, reactor)
         self.registry = metrics_registry(self.stats, self.live)
-        self.history = History(reactor.seconds)  # the status page's last hour
         self.history = History(reactor.seconds)  # the status page's last hour
 
     # -- reading -------------------------------------------------------------------------
@@ -576,9 +573,6 @@ class AdminService(service.MultiService):
         self.site = AdminSite(AdminResource(self.api), timeout=IDLE_TIMEOUT)
         self.listener = internet.TCPServer(port, self.site, interface=host, reactor=reactor)
         self.listener.setServiceParent(self)
-        sampler = internet.TimerService(SAMPLE_SECONDS, self.api.sample_history)
-        sampler.clock = reactor
-        sampler.setServiceParent(self)
         sampler = internet.TimerService(SAMPLE_SECONDS, self.api.sample_history)
         sampler.clock = reactor
         sampler.setServiceParent(self)
