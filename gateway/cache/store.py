@@ -374,12 +374,12 @@ class Store:
         pinned bytes would exceed the size limit."""
         keys = list(keys)
         with self.cache.transact():
-            for key in keys:
-                self.cache._sql("INSERT OR IGNORE INTO Pin VALUES (?, ?)", (name, key))
+            added = [key for key in keys if self.cache._sql(
+                "INSERT OR IGNORE INTO Pin VALUES (?, ?)", (name, key)).rowcount]
             pinned = self.pinned_bytes()
             if pinned > self.size_limit:
-                self.cache._sql("DELETE FROM Pin WHERE name = ? AND key IN (%s)"
-                                % ",".join("?" * len(keys)), (name, *keys))
+                for key in added:  # the set as it was before this call
+                    self.cache._sql("DELETE FROM Pin WHERE name = ? AND key = ?", (name, key))
                 raise PinRefused(pinned, self.size_limit)
         return {"keys": len(keys), "pinned_bytes": pinned}
 
