@@ -4,15 +4,19 @@ error classification; each counted series has a case that leaves it at zero."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, error
+from twisted.internet import defer, error, threads
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
 
 from gateway.cache.events import EngineEvents, failure_kind
 from gateway.cache.stats import Histogram
 from tests.admin_gateways import ALPINE_HOST, PYPI_HOST, admin, serve_two
+from tests.clients import need
 from tests.fixtures import counter_bytes, put_object
 from tests.http_client import fetch
 
@@ -101,3 +105,15 @@ def test_upstream_errors_by_kind_and_integrity_failures(bare_origin, admin_gatew
               and v}
     assert errors == {"5xx": 1, "connect": 1}
     assert s[("cachegate_upstream_requests_total", (("ecosystem", "alpine"),))] == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_promtool_finds_nothing_to_lint_in_the_metrics(bare_origin, admin_gateway):
+    """Prometheus' own linter on a live scrape: names, units, counters' _total, help."""
+    need(shutil.which("promtool"), "promtool not installed (Debian package prometheus)")
+    gw = admin_gateway(bare_origin.url)
+    yield serve_two(bare_origin, gw)
+    reply = yield admin(gw, "GET", "/metrics")
+    done = yield threads.deferToThread(subprocess.run, ["promtool", "check", "metrics"],
+                                       input=reply.body, capture_output=True, timeout=60)
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()
