@@ -350,3 +350,16 @@ def test_cargo_fetch_from_the_cache_after_a_warm(cases, fixtures, origin, start_
     ok(done)
     fetched = sorted(p.name for p in (home / "registry").rglob("*.crate"))
     assert fetched == ["cachegate-fixture-1.0.0.crate", "cgf-1.0.0.crate"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_under_offline_warm_is_a_readiness_check(cases, origin, start_gateway, tmp_path,
+                                                 capsys):
+    """cache.offline: nothing is fetched; what is stored is 'stored', the rest 'missing'
+    (exit 1): is this host ready for an air-gapped build?"""
+    gw = start_gateway(origin.url, offline=True)
+    config = cli_config(tmp_path, gw)
+    code, out, _ = yield cachegate(capsys, config, "warm", "--json", str(cases["uv"].path))
+    assert code == 1
+    assert {i["status"] for i in report(out)["items"]} == {"missing"}
+    assert origin.requests == []
