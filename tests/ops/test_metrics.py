@@ -8,8 +8,9 @@ import shutil
 import subprocess
 
 import pytest_twisted
+from dnslib import DNSRecord
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, error, threads
+from twisted.internet import defer, error, reactor, threads
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
 
@@ -17,6 +18,7 @@ from gateway.cache.events import EngineEvents, failure_kind
 from gateway.cache.stats import Histogram
 from tests.admin_gateways import ALPINE_HOST, PYPI_HOST, admin, serve_two
 from tests.clients import need
+from tests.dns_helpers import UdpClient
 from tests.fixtures import counter_bytes, put_object
 from tests.http_client import fetch
 
@@ -117,3 +119,23 @@ def test_promtool_finds_nothing_to_lint_in_the_metrics(bare_origin, admin_gatewa
     done = yield threads.deferToThread(subprocess.run, ["promtool", "check", "metrics"],
                                        input=reply.body, capture_output=True, timeout=60)
     assert done.returncode == 0, (done.stdout + done.stderr).decode()
+
+
+@pytest_twisted.inlineCallbacks
+def test_forwarded_dns_queries_are_timed_and_answers_from_memory_are_not(bare_origin,
+                                                                          admin_gateway):
+    """The test gateway's forwarder is a closed port: the forwarded query fails (SERVFAIL)
+    and is timed; a redirected name is answered from the rules, untimed."""
+    gw = admin_gateway(bare_origin.url)
+    client = UdpClient(reactor, gw.service.ports("dns")[0])
+    try:
+        yield client.ask(DNSRecord.question(PYPI_HOST, "A"), timeout=2)
+        s = yield scrape(gw)
+        assert s[("cachegate_dns_forward_duration_seconds_count", ())] == 0
+        reply = yield client.ask(DNSRecord.question("example.com", "A"), timeout=5)
+        assert reply is not None
+    finally:
+        yield client.close()
+    s = yield scrape(gw)
+    assert s[("cachegate_dns_forward_duration_seconds_count", ())] == 1
+    assert s[("cachegate_dns_forward_duration_seconds_bucket", (("le", "+Inf"),))] == 1
