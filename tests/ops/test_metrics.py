@@ -139,3 +139,28 @@ def test_forwarded_dns_queries_are_timed_and_answers_from_memory_are_not(bare_or
     s = yield scrape(gw)
     assert s[("cachegate_dns_forward_duration_seconds_count", ())] == 1
     assert s[("cachegate_dns_forward_duration_seconds_bucket", (("le", "+Inf"),))] == 1
+
+
+def test_passthrough_and_stale_series_come_from_the_stats_document():
+    from gateway.ops.metrics import Live, metrics_registry, render
+    tally = {"requests": {"STALE": 2, "HIT": 1}, "hit_ratio": 1.0, "bytes_from_cache": 9,
+             "bytes_from_upstream": 0}
+    doc = {"gateway": {"ecosystems": {"debian": tally}},
+           "dns": {k: 0 for k in ("queries", "redirected", "forwarded", "cache_hits",
+                                  "refused", "errors")},
+           "cache": {"ecosystems": {}, "bytes": 0, "limit": 1}, "downloads": {"active": 0},
+           "tls": {"refused": 0, "minted": 0}, "uptime": 1.0,
+           "passthrough": {"rejected": 3, "tunnelled": 2, "untrusting_clients": [
+               {"client": "172.17.0.2", "host": "pypi.org", "rejected": 3, "tunnelled": 2,
+                "tunnel_failures": 1}]}}
+    live = Live({}, EngineEvents(), Histogram((1.0,)), 4, ("debian", "npm"))
+    text = render(metrics_registry(lambda: doc, lambda: live)).decode()
+    s = {(x.name, tuple(sorted(x.labels.items()))): x.value
+         for family in text_string_to_metric_families(text) for x in family.samples}
+    assert s[("cachegate_passthrough_rejections_total", ())] == 3
+    assert s[("cachegate_passthrough_tunnels_total", ())] == 2
+    assert s[("cachegate_passthrough_tunnel_failures_total", ())] == 1
+    assert s[("cachegate_stale_responses_total", (("ecosystem", "debian"),))] == 2
+    assert s[("cachegate_stale_responses_total", (("ecosystem", "npm"),))] == 0
+    assert s[("cachegate_cache_evictions_total", ())] == 4
+    assert "172.17.0.2" not in text and "pypi.org" not in text
