@@ -195,6 +195,8 @@ def docker_address(doc: dict[str, Any]) -> tuple[str, str | None]:
         return dns, (f"cachegate does not listen on {dns} yet: add it to server.listen "
                      '(or listen = ["auto"]) and restart cachegate first.')
     bridge = doc.get("bridge") or DEFAULT_BRIDGE
+    if any(_is_unspecified(a) for a in listening):  # every address: the bridge's too
+        return bridge, None
     seen = "" if doc.get("bridge") else " (Docker's default; `ip -4 addr show docker0` " \
         "shows this host's)"
     return bridge, (f"cachegate listens on loopback only ({', '.join(listening)}), and "

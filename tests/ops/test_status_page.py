@@ -78,6 +78,10 @@ def test_loopback_only_listening_names_the_bridge_address_never_loopback():
     unseen = render_status(stats_doc(addresses=["127.0.0.1"], docker_dns="127.0.0.1",
                                      bridge=None)).decode()
     assert '{"dns": ["172.17.0.1"]}' in unseen and "Docker&#x27;s default" in unseen
+    # Listening on every address (the bridge's too): its address, no note.
+    wildcard = render_status(stats_doc(addresses=["0.0.0.0"], docker_dns="127.0.0.1",
+                                       bridge="172.18.0.1")).decode()
+    assert '{"dns": ["172.18.0.1"]}' in wildcard and "listen-note" not in wildcard
     # Listening on the bridge already: no note.
     assert "listen-note" not in render_status(stats_doc()).decode()
     # Advertising an address it does not listen on: the note says to add it.
