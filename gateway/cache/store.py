@@ -37,6 +37,7 @@ MODE_OBJECT = 5  # beyond diskcache's own modes (0-4): JSON metadata + a body fi
 # then fails (a store that is not written is a miss served anyway).  diskcache's default,
 # 60 s, would stall the reactor that asked.
 BUSY_SECONDS = 0.25
+EXPECT_BATCH = 1000  # expected digests written per transaction
 _VARY_PREFIX = "vary\n"
 _SUITE_PREFIX = "apt-suite\n"
 
@@ -347,9 +348,13 @@ class Store:
         newer index replaces what an older one said).  Callable from a thread."""
         rows = [(upstream, path, algorithm, value, source)
                 for path, algorithm, value, source in rows]
-        with self.cache.transact():
-            for row in rows:
-                self.cache._sql("INSERT OR REPLACE INTO Expected VALUES (?, ?, ?, ?, ?)", row)
+        # In short transactions: a Packages index is tens of thousands of rows, and a
+        # commit waiting on this write lock gives up after the busy timeout.
+        for start in range(0, len(rows), EXPECT_BATCH):
+            with self.cache.transact():
+                for row in rows[start:start + EXPECT_BATCH]:
+                    self.cache._sql("INSERT OR REPLACE INTO Expected VALUES (?, ?, ?, ?, ?)",
+                                    row)
         return len(rows)
 
     def expected(self, upstream: str, path: str) -> tuple[str, str, str] | None:
