@@ -311,9 +311,13 @@ class Flight:
         self.private = refusal in ("private", "vary-star")
         self.storable = refusal is None
         target = self.target
+        # A variant's own first copy (variants of one URL may differ), and no index's
+        # digest for a content-encoded body (its bytes are not the artifact's).
         expected = self.flights.integrity.expectations(
-            target.upstream, target.rule, target.path, target.base) if response.code == 200 \
-            else None
+            target.upstream, target.rule, target.path,
+            variant_key(target.base, self.vary, target.headers),
+            headers.get("content-encoding", "identity").strip().lower() != "identity") \
+            if response.code == 200 else None
         download = Download(self.flights.store.new_partial(), _length(response), expected,
                             self.flights.in_thread)
         if refusal is None:
@@ -352,7 +356,7 @@ class Flight:
         if group is not None and previous != meta.sha256:
             self.flights.store.set_suite_changed(group, meta.freshness.response_time)
         if status == 200:
-            integrity.committed(target.rule, target.base, meta, target.upstream.name,
+            integrity.committed(target.rule, key, meta, target.upstream.name,
                                 self.flights.events)
             # The reader's descriptor survives the rename: the index is read in a thread.
             integrity.learn(target.upstream, target.path, download.open_reader(), pairs)

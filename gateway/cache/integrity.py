@@ -78,18 +78,22 @@ class Integrity:
             return defer.succeed(None)
         return defer.DeferredList(list(pending), consumeErrors=True)
 
-    def expectations(self, upstream: Upstream, rule: Rule, path: str, base: str) -> list[Digest]:
-        """Every digest a 200 body for ``path`` must match."""
+    def expectations(self, upstream: Upstream, rule: Rule, path: str, key: str,
+                     encoded: bool = False) -> list[Digest]:
+        """Every digest a 200 body for ``path`` (stored under ``key``) must match; a
+        content-encoded body is checked only against what its URL says."""
         ecosystem = upstream.ecosystem
         out = []
         own = ecosystem.expected_digest(rule, path)
         if own is not None:
             out.append(own)
+        if encoded:
+            return out
         row = self.store.expected(upstream.name, path_only(path))
         if row is not None:
             out.append(_digest(ecosystem, path, *row))
         if rule.policy is Policy.IMMUTABLE and self.on_drift == "refuse":
-            seen = self.store.first_seen(base)
+            seen = self.store.first_seen(key)
             if seen is not None:
                 out.append(Digest("sha256", seen[0], FIRST_SEEN))
         return out
@@ -125,7 +129,8 @@ class Integrity:
 
     def committed(self, rule: Rule, base: str, meta: Meta, ecosystem: str = "",
                   events=None) -> None:  # type: ignore[no-untyped-def]
-        """Remember an immutable URL's first sha256; new bytes past it are drift."""
+        """Remember an immutable URL's (variant's) first sha256; new bytes past it are
+        drift.  ``base`` is the key it was stored under."""
         if rule.policy is not Policy.IMMUTABLE:
             return
         seen = self.store.first_seen(base)

@@ -203,3 +203,26 @@ def test_real_mvn_release_jars_are_verified_against_their_sidecars(origin, fixtu
     for entry in jars:  # one request each for the file and its .sha1, whoever asked first
         path = "/maven" + entry.meta.url[len("repo1.maven.org"):]
         assert origin.count(path) == origin.count(path + ".sha1") == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_variants_of_one_url_are_not_drift_and_an_encoded_body_is_not_a_mismatch(
+        origin, fixtures, start_gateway):
+    """A pom served plain and, to a client that takes gzip, gzip-encoded (Vary:
+    Accept-Encoding): two bodies of one immutable URL, neither refused; the encoded one is
+    not held to its sidecar's sha1 (that digest is of the plain bytes)."""
+    import gzip
+    host, pom = "repo1.maven.org", "/maven2/org/cachegate/fixture/1.0/fixture-1.0.pom"
+    plain = fixtures.get("maven", pom).file.read_bytes()
+    gw = start_gateway(origin.url)
+    origin.behave(f"/maven{pom}", body=plain, headers={"Vary": "Accept-Encoding"})
+    first = yield fetch(gw.port, host, pom)
+    assert first.status == 200 and first.body == plain
+    encoded = gzip.compress(plain, mtime=0)
+    origin.behave(f"/maven{pom}", body=encoded, headers={"Vary": "Accept-Encoding",
+                                                         "Content-Encoding": "gzip"})
+    second = yield fetch(gw.port, host, pom, {"accept-encoding": "gzip"})
+    assert second.status == 200 and second.body == encoded
+    integrity = gw.service.gateway.flights.integrity
+    assert integrity.counts["mismatch"] == integrity.counts["drift"] == 0
+    assert len(_stored(gw, host, pom)) == 2
