@@ -45,7 +45,7 @@ from gateway.front.handler import GatewayResource
 from gateway.front.owners import Owners, socket_path
 from gateway.ops.activity import RECENT, Activity
 from gateway.ops.admin import TOP_OBJECTS, AdminAPI, AdminService
-from gateway.ops.metrics import pooled_metrics, render
+from gateway.ops.metrics import metrics_registry, pooled_metrics, render
 from gateway.ops.upstream_edits import with_saved_edits
 from gateway.service import GatewayService, client_factories, client_ports, make_service
 
@@ -83,7 +83,8 @@ class WorkerState:
     state: dict[str, Any] | None = None  # the latest counters gathered (``/_cachegate/state``)
 
     def describe(self, now: float) -> dict[str, Any]:
-        return {"worker": self.index, "pid": self.pid, "state": "up" if self.pid else "down",
+        state = ("up" if self.state else "starting") if self.pid else "down"
+        return {"worker": self.index, "pid": self.pid, "state": state,
                 "uptime": now - self.started if self.pid else 0.0, "restarts": self.restarts,
                 "last_exit": (self.exits or [None])[-1]}
 
@@ -188,9 +189,10 @@ class WorkerPool(service.Service):
 
     def overlay(self) -> dict[str, Any]:
         """What the admin API's stats take from the workers instead of the supervisor."""
-        integrity: dict[str, int] = {}
-        for counts in self.gathered("integrity"):
-            _add_into(integrity, counts)
+        summed: dict[str, dict] = {"integrity": {}, "upstream": {}}
+        for part, into in summed.items():
+            for counts in self.gathered(part):
+                _add_into(into, counts)
         recent = sorted((line for lines in self.gathered("recent") for line in lines),
                         key=lambda line: line["time"], reverse=True)
         objects: dict[str, dict] = {}
@@ -203,7 +205,7 @@ class WorkerPool(service.Service):
         top = sorted(objects.values(), key=lambda r: (r["requests"], r["bytes"]), reverse=True)
         return {"gateway": self.top.stats.as_dict(),
                 "passthrough": self.top.passthrough.stats.as_dict(),
-                "integrity": integrity,
+                **summed,
                 "downloads": {"active": sum(d["active"] for d in self.gathered("downloads"))},
                 "recent": recent[:RECENT], "top": top[:TOP_OBJECTS],
                 "workers": self.describe()}
@@ -373,7 +375,7 @@ class ControlResource(Resource):
             return self.gateway.render(request)
         if request.path == b"/_cachegate/state":
             request.setHeader("content-type", "application/json")
-            return json.dumps({"stats": self.api.stats(),
+            return json.dumps({"stats": self.api.stats(store_figures=False),
                                "metrics": render(self.api.registry).decode()}).encode()
         if request.path == b"/_cachegate/upstreams" and request.method == b"POST":
             self.top.replace_upstreams(with_saved_edits(self.config).upstreams)
@@ -396,10 +398,11 @@ def make_worker(config: Config, reactor, index: int, count: int,  # type: ignore
     directory = runtime_dir(config)
     top.gateway.owners = Owners(reactor, index, count, directory, config.cache.idle_timeout)
     api = AdminAPI(top, config.upstreams, activity, reactor, "", True)
+    api.registry = metrics_registry(lambda: api.stats(store_figures=False), api.live)
     site = InternalSite(ControlResource(api, config))
     path = socket_path(directory, index)
     path.unlink(missing_ok=True)  # a predecessor's, killed before it could remove it
-    reactor.listenUNIX(str(path), site, mode=0o600)
+    reactor.listenUNIX(str(path), site, backlog=LISTEN_BACKLOG, mode=0o600)
     return top
 
 

@@ -22,9 +22,10 @@ def free_port() -> int:
 
 
 def toml_config(state_dir: Path, http_port: int, origin_url: str, names: list[str],
-                extra: str = "") -> str:
+                extra: str = "", workers: int = 1, admin_port: int = 0) -> str:
     lines = ["[server]", f'state_dir = "{state_dir}"', 'listen = ["127.0.0.1"]',
-             f"http_port = {http_port}", "https_port = 0", f'admin = "127.0.0.1:{free_port()}"',
+             f"http_port = {http_port}", "https_port = 0",
+             f'admin = "127.0.0.1:{admin_port or free_port()}"', f"workers = {workers}",
              "", "[dns]", "port = 0",
              'forwarders = ["127.0.0.1:9"]', "", "[images]", 'listen = ""', "", extra, ""]
     for name in names:
@@ -58,12 +59,13 @@ class GatewayProcess:
     """``cachegate serve`` in a child process, on a free loopback port."""
 
     def __init__(self, tmp: Path, origin_url: str, state_dir: Path | None = None,
-                 extra: str = "") -> None:
-        self.port = free_port()
+                 extra: str = "", workers: int = 1) -> None:
+        self.port, self.admin_port = free_port(), free_port()
         self.state_dir = state_dir or tmp / "state"
         self.config = tmp / f"cachegate-{self.port}.toml"
         names = ["debian", "ubuntu", "alpine", "pypi", "npm", "maven"]
-        self.config.write_text(toml_config(self.state_dir, self.port, origin_url, names, extra))
+        self.config.write_text(toml_config(self.state_dir, self.port, origin_url, names, extra,
+                                           workers, self.admin_port))
         self.proc = serve(self.config, tmp / f"gateway-{self.port}.log")
 
     @defer.inlineCallbacks

@@ -23,6 +23,8 @@ from gateway.cache.fetcher import Fetcher
 HOP_HEADER = "x-cachegate-hop"
 # A live owner answers its socket at once; past this the asking worker fetches itself.
 HOP_CONNECT_SECONDS = 1.0
+# Idle connections kept to each sibling: hops come in bursts when a build starts.
+HOP_CONNECTIONS = 64
 # Request headers a hop does not pass on: they belong to the client's own connection.
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                          "transfer-encoding", "upgrade", "content-length"})
@@ -72,6 +74,7 @@ class Owners:
         self.me, self.workers, self.directory = me, workers, directory
         self.fetcher = Fetcher(reactor, endpoints=_WorkerSockets(reactor, directory),
                                connect_timeout=HOP_CONNECT_SECONDS, idle_timeout=idle_timeout)
+        self.fetcher.pool.maxPersistentPerHost = HOP_CONNECTIONS
 
     def elsewhere(self, key: str) -> int | None:
         """The owner of ``key`` when it is another worker, else None."""

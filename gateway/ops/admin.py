@@ -159,10 +159,12 @@ class AdminAPI:
         return {kind: self.top.ports(kind)
                 for kind in ("http", "https", "proxy", "dns", "admin", "images")}
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, store_figures: bool = True) -> dict[str, Any]:
+        """The ``/api/stats`` document; a worker leaves out the store's figures (a scan of
+        every row, asked each second), which its supervisor has."""
         top = self.top
         store = top.store
-        stored = cache_summary(store)
+        stored = cache_summary(store) if store_figures else {}
         doc = {
             "uptime": self.reactor.seconds() - self.started,
             "addresses": top.addresses,
@@ -175,8 +177,9 @@ class AdminAPI:
             "tls": {"refused": top.tls.refused, "minted": top.tls.leaves.minted},
             "passthrough": top.passthrough.stats.as_dict(),
             "cache": {"objects": sum(e["objects"] for e in stored.values()),
-                      "bytes": store.volume(), "limit": store.size_limit, "ecosystems": stored,
-                      "pinned": store.pinned_bytes()},
+                      "bytes": store.volume() if store_figures else 0,
+                      "limit": store.size_limit, "ecosystems": stored,
+                      "pinned": store.pinned_bytes() if store_figures else 0},
             "integrity": dict(top.gateway.flights.integrity.counts),
             "downloads": {"active": len(top.gateway.flights.active)},
             "upstream": self.upstream_totals(),

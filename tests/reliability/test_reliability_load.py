@@ -72,14 +72,17 @@ def run_loadgen(port: int, manifest: Path, clients: int, seconds: float) -> dict
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
 @pytest_twisted.inlineCallbacks
-def test_many_keep_alive_clients_mixed_load(origin, tmp_path, record_property):
+def test_many_keep_alive_clients_mixed_load(origin, tmp_path, record_property, workers):
+    """With two workers the supervisor's own memory and descriptors are what is measured;
+    the workers' requests, bodies and failures are the load generator's."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the gateway inherits it
     manifest = manifest_for(origin.root)
     manifest_path = tmp_path / "manifest.json"
     manifest_path.write_text(json.dumps(manifest))
-    gw = yield GatewayProcess(tmp_path, origin.url).ready()
+    gw = yield GatewayProcess(tmp_path, origin.url, workers=workers).ready()
     try:
         for host, path, sha in manifest["hot"] + manifest["reval"]:
             reply = yield fetch(gw.port, host, path)
