@@ -2,7 +2,10 @@
 """cachegate vs nginx proxy_cache in front of the same origin, same run, loopback.
 
 Both proxies are pinned to the same single core (the load generators to the other), so
-the ratios compare one core of each.  Measures:
+the ratios compare one core of each.  With ``--workers 1,2`` each count is run in turn:
+cachegate with ``[server] workers = N`` beside nginx with ``worker_processes N``; past one
+worker nothing is pinned, so on a 2-core machine the load generator shares the proxies'
+cores (the report gives the CPU each side used).  Measures:
 
 - warm-hit throughput on a 1 GiB object (curl, best of 3);
 - 16 KiB warm hits: requests/s and p99 latency at 64 connections (wrk, 10 s);
@@ -11,7 +14,7 @@ the ratios compare one core of each.  Measures:
   one cold fetch of the same size.
 
 Run as root (it installs nginx and wrk from Debian when missing):
-    .venv/bin/python scripts/bench/http_bench.py [--big-mib 1024] [--seconds 10]
+    .venv/bin/python scripts/bench/http_bench.py [--big-mib 1024] [--seconds 10] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ HERD_RATE = 25 * 1000 * 1000  # the origin's pace: a cold fetch takes ~2 s
 
 NGINX_CONF = """
 user root;
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/nginx-error.log warn;
@@ -109,16 +112,21 @@ def origin_count(origin: str, path: str) -> int:
     return sum(1 for r in origin_call(origin, "requests") if r["path"] == path)
 
 
-def curl_speed(port: int, path: str) -> float:
-    out = subprocess.run(["taskset", "-c", CLIENT_CORE, "curl", "-s", "-o", "/dev/null",
+def pinned(core: str | None) -> list[str]:
+    return ["taskset", "-c", core] if core is not None else []
+
+
+def curl_speed(port: int, path: str, core: str | None = CLIENT_CORE) -> float:
+    out = subprocess.run([*pinned(core), "curl", "-s", "-o", "/dev/null",
                           "-w", "%{speed_download}", "-H", f"Host: {HOST}",
                           f"http://127.0.0.1:{port}{path}"],
                          check=True, capture_output=True, text=True).stdout
     return float(out) / 1e6
 
 
-def wrk(port: int, path: str, seconds: int) -> tuple[float, float]:
-    out = subprocess.run(["taskset", "-c", CLIENT_CORE, "wrk", "-t1", "-c64", f"-d{seconds}s",
+def wrk(port: int, path: str, seconds: int,
+        core: str | None = CLIENT_CORE) -> tuple[float, float]:
+    out = subprocess.run([*pinned(core), "wrk", "-t1", "-c64", f"-d{seconds}s",
                           "--latency", "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}{path}"],
                          check=True, capture_output=True, text=True).stdout
     rps = next(float(l.split()[1]) for l in out.splitlines() if l.startswith("Requests/sec"))
@@ -167,6 +175,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--workers", default="1", help="worker counts to compare, e.g. 1,2")
     args = parser.parse_args()
     need_debs("nginx", "wrk", "curl")
     work = Path(tempfile.mkdtemp(prefix="cachegate-bench-"))
@@ -182,50 +191,72 @@ def main() -> int:
 
 
 def run(work: Path, procs: list, args) -> int:  # type: ignore[no-untyped-def]
+    counts = [int(n) for n in args.workers.split(",")]
     objects = work / "origin" / "maven" / "bench"
     print("writing objects…", file=sys.stderr)
     make_blob(objects / "big.bin", args.big_mib * 2**20)
     make_blob(objects / "small.bin", 16 * 1024)
-    for name in ("cold-cachegate", "cold-nginx", "herd-cachegate", "herd-nginx"):
-        make_blob(objects / f"{name}.bin", HERD_SIZE)
-    origin_port, gw_port, nginx_port = free_port(), free_port(), free_port()
+    for n in counts:
+        for name in ("cold-cachegate", "cold-nginx", "herd-cachegate", "herd-nginx"):
+            make_blob(objects / f"{name}-{n}.bin", HERD_SIZE)
+    origin_port = free_port()
     origin = f"http://127.0.0.1:{origin_port}"
     procs.append(subprocess.Popen([sys.executable, "-m", "tests.origin", "--root",
                                    str(work / "origin"), "--port", str(origin_port)],
                                   cwd=ROOT, stdout=subprocess.DEVNULL))
     wait_port(origin_port, procs[-1])
+    for n in counts:
+        origin_call(origin, "behave", {"path": "/maven/bench/*"})  # full speed again
+        results = measure(work / f"w{n}", procs, origin, n, args)
+        print(json.dumps({"workers": n, **results}), file=sys.stderr)
+        print(f"\n{n} worker(s):")
+        report(results)
+    return 0
+
+
+def measure(work: Path, procs: list, origin: str, workers: int,  # type: ignore[no-untyped-def]
+            args) -> dict[str, dict]:
+    """One worker count: cachegate and nginx side by side, then both stopped."""
+    work.mkdir()
+    proxy_core = PROXY_CORE if workers == 1 else None
+    client_core = CLIENT_CORE if workers == 1 else None
+    gw_port, nginx_port = free_port(), free_port()
     config = work / "cachegate.toml"
     config.write_text(f'[server]\nstate_dir = "{work}/state"\nlisten = ["127.0.0.1"]\n'
                       f'http_port = {gw_port}\nhttps_port = 0\nadmin = "127.0.0.1:{free_port()}"\n'
-                      f"[dns]\nport = 0\n"
-                      f'forwarders = ["127.0.0.1:9"]\n[upstreams.maven]\n'
+                      f"workers = {workers}\n[dns]\nport = 0\n"
+                      f'forwarders = ["127.0.0.1:9"]\n[images]\nlisten = ""\n[upstreams.maven]\n'
                       f'origin = "{origin}/maven"\n'
                       '[[upstreams.maven.rules]]\npath = "^/bench/"\npolicy = "immutable"\n')
-    procs.append(serve(config, work / "cachegate.log", PROXY_CORE))
-    wait_port(gw_port, procs[-1])
-    (work / "nginx.conf").write_text(NGINX_CONF.format(dir=work, port=nginx_port, origin=origin))
-    procs.append(subprocess.Popen(["taskset", "-c", PROXY_CORE, "nginx", "-c",
-                                   str(work / "nginx.conf")]))
-    wait_port(nginx_port, procs[-1])
+    mine = [serve(config, work / "cachegate.log", proxy_core)]
+    wait_port(gw_port, mine[0])
+    time.sleep(2 if workers > 1 else 0)  # the supervisor accepts before its workers run
+    (work / "nginx.conf").write_text(NGINX_CONF.format(dir=work, port=nginx_port, origin=origin,
+                                                       workers=workers))
+    mine.append(subprocess.Popen([*pinned(proxy_core), "nginx", "-c", str(work / "nginx.conf")]))
+    wait_port(nginx_port, mine[1])
+    procs.extend(mine)
     proxies = {"cachegate": gw_port, "nginx": nginx_port}
     results: dict[str, dict] = {name: {} for name in proxies}
     for name, port in proxies.items():
-        curl_speed(port, "/bench/big.bin")  # warm
-        results[name]["hit_mb_s"] = max(curl_speed(port, "/bench/big.bin") for _ in range(3))
-        curl_speed(port, "/bench/small.bin")
+        curl_speed(port, "/bench/big.bin", client_core)  # warm
+        results[name]["hit_mb_s"] = max(curl_speed(port, "/bench/big.bin", client_core)
+                                        for _ in range(3))
+        curl_speed(port, "/bench/small.bin", client_core)
         results[name]["small_rps"], results[name]["small_p99_ms"] = \
-            wrk(port, "/bench/small.bin", args.seconds)
+            wrk(port, "/bench/small.bin", args.seconds, client_core)
     origin_call(origin, "behave", {"path": "/maven/bench/*", "slow_bytes_per_s": HERD_RATE})
     for name, port in proxies.items():
         start = time.monotonic()
-        one_get(port, f"/bench/cold-{name}.bin")  # one client alone, uncached
+        one_get(port, f"/bench/cold-{name}-{workers}.bin")  # one client alone, uncached
         results[name]["cold_s"] = time.monotonic() - start
-        results[name].update(herd(port, f"/bench/herd-{name}.bin"))
-        results[name]["herd_origin_requests"] = origin_count(origin,
-                                                             f"/maven/bench/herd-{name}.bin")
-    print(json.dumps(results), file=sys.stderr)
-    report(results)
-    return 0
+        results[name].update(herd(port, f"/bench/herd-{name}-{workers}.bin"))
+        results[name]["herd_origin_requests"] = origin_count(
+            origin, f"/maven/bench/herd-{name}-{workers}.bin")
+    stop_all(mine)
+    for proc in mine:
+        procs.remove(proc)
+    return results
 
 
 def report(results: dict[str, dict]) -> None:
