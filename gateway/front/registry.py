@@ -401,17 +401,25 @@ class RegistryMirror:
             return
         if not download.storable:
             return
-        now = self.reactor.seconds()
-        headers = [("Content-Type", filling.content_type),
-                   ("Docker-Content-Digest", "sha256:" + download.sha256.hexdigest())]
-        meta = Meta(key, ECOSYSTEM, 200, headers,
-                    freshness(IMMUTABLE, 200, {}, started, now, 0), download.size,
-                    download.sha256.hexdigest(),
-                    {"registry": ex.registry.name, "repository": ex.target.name})
+        meta = self._meta(ex, key, filling.content_type, download.size,
+                          download.sha256.hexdigest(), started)
         try:
             self.store.commit(key, meta, download.path)
         except Exception:  # a full disk must not take the download down
             log.failure("cannot store {key}", key=key)
+
+    def _meta(self, ex: Exchange, key: str, content_type: str, length: int, hex_digest: str,
+              started: float) -> Meta:
+        """What is stored with an object.  Its ``url`` names the repository it was first
+        pulled from (``cache ls --prefix docker.io/library/debian``); its key is the digest
+        alone, shared by every repository and registry."""
+        kind = key.split("/")[1]
+        digest = "sha256:" + hex_digest
+        return Meta(f"{ex.target.host}/{ex.target.name}/{kind}/{digest}", ECOSYSTEM, 200,
+                    [("Content-Type", content_type), ("Docker-Content-Digest", digest)],
+                    freshness(IMMUTABLE, 200, {}, started, self.reactor.seconds(), 0),
+                    length, hex_digest,
+                    {"registry": ex.registry.name, "repository": ex.target.name})
 
     def _not_ok(self, response, ex: Exchange) -> defer.Deferred | Outcome:  # type: ignore[no-untyped-def]
         status = response.code
@@ -527,14 +535,12 @@ class RegistryMirror:
         with open(partial, "wb") as f:
             f.write(body)
         now = self.reactor.seconds()
-        meta = Meta(object_key("manifests", digest), ECOSYSTEM, 200,
-                    [("Content-Type", content_type), ("Docker-Content-Digest", digest)],
-                    freshness(IMMUTABLE, 200, {}, now, now, 0), len(body), hex_digest,
-                    {"registry": ex.registry.name, "repository": ex.target.name})
+        object_at = object_key("manifests", digest)
+        meta = self._meta(ex, object_at, content_type, len(body), hex_digest, now)
         try:
-            self.store.commit(meta.url, meta, partial)
+            self.store.commit(object_at, meta, partial)
         except Exception:  # a full disk: the answer is still good
-            log.failure("cannot store {key}", key=meta.url)
+            log.failure("cannot store {key}", key=object_at)
             os.unlink(partial)
         record = TagRecord(digest, content_type, len(body), now)
         self.store.cache.set(key, record.to_json())

@@ -331,6 +331,13 @@ def test_stored_objects_are_listed_as_images(mirror, upstream) -> None:  # type:
     assert entry is not None and entry.meta.ecosystem == "images"
     assert entry.meta.extra == {"registry": "dockerhub", "repository": "library/single"}
     assert entry.meta.sha256 == top.digest[7:]
+    assert entry.meta.url == f"docker.io/library/single/manifests/{top.digest}"
+    from gateway.ops.admin import clear_cache, select_entries
+    assert [e.key for e in select_entries(m.store, "images", "docker.io/library/single")] == \
+        [entry.key]
+    assert select_entries(m.store, "images", "docker.io/library/other") == []
+    assert clear_cache(m.store, "images", "docker.io/library/single")["deleted"] == 1
+    assert m.store.get(object_key("manifests", top.digest)) is None
 
 
 @pytest_twisted.inlineCallbacks
