@@ -102,12 +102,17 @@ def test_a_herd_over_both_workers_makes_one_origin_request(origin, tmp_path):
             assert proto.body_length == 8_000_000 and proto.sha256 == expected
         assert origin.count("/maven" + path) == 1
         stats = yield gathered(gw, 50)
-        assert sum(stats["gateway"]["total"]["requests"].values()) == 50
+        assert stats["gateway"]["total"]["requests"] == {"MISS": 1, "HIT": 49}, stats["gateway"]
         metrics = yield admin(gw, "GET", "/metrics")
         spread = per_worker_requests(metrics)
         assert set(spread) == {"0", "1"} and sum(spread.values()) == 50, spread
         hits = yield fetch(gw.port, HOST, path)  # stored once, by the owner, for both
         assert hits.sha256 == expected and hits.headers["x-cache"] == "HIT"
+        shown = yield threads.deferToThread(
+            subprocess.run, [sys.executable, "-m", "gateway.ops.cli", "--config",
+                             str(gw.config), "stats"], capture_output=True, text=True, cwd=REPO)
+        assert "workers: 0 up (pid" in shown.stdout \
+            and "1 up (pid" in shown.stdout, shown.stdout
     finally:
         gw.stop()
 
@@ -216,3 +221,19 @@ def test_a_catalogue_edit_reaches_every_worker(origin, tmp_path, workers):
             assert reply.status == 200 and reply.body == b"extra\n"
     finally:
         gw.stop()
+
+
+def test_doctor_names_a_worker_that_is_down():
+    from gateway.config import Config
+    from gateway.ops.doctor import Situation, check_workers
+
+    def situation(workers):  # type: ignore[no-untyped-def]
+        return Situation(Config(), [], {"workers": workers}, None, Path("/nonexistent"),
+                         None, "example.com", 1.0)
+    up = {"worker": 0, "pid": 10, "state": "up", "restarts": 1, "last_exit": None}
+    down = {"worker": 1, "pid": 0, "state": "down", "restarts": 3,
+            "last_exit": "process ended by signal 9."}
+    assert check_workers(situation([up, {**up, "worker": 1}])).ok is True
+    failed = check_workers(situation([up, down]))
+    assert failed.ok is False and "worker 1 down (last exit: process ended by signal 9.)" \
+        in failed.detail

@@ -113,9 +113,11 @@ class Flights:
         return flight.join(target.headers)
 
     def relay(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-              fetcher: Fetcher | None = None) -> "defer.Deferred[Outcome]":
+              fetcher: Fetcher | None = None, via_cache: bool = False
+              ) -> "defer.Deferred[Outcome]":
         """An unshared request whose response is streamed through and never stored (sent
-        with ``fetcher`` when given: hosts outside the catalogue)."""
+        with ``fetcher`` when given: hosts outside the catalogue).  ``via_cache``: the far
+        side is another cache (a sibling worker), whose ``X-Cache`` labels the outcome."""
         fetcher = fetcher or self.fetcher
 
         def streaming(response) -> Outcome:  # type: ignore[no-untyped-def]
@@ -123,7 +125,8 @@ class Flights:
             pairs = header_pairs(response.headers)
             # Forwarded, not served from the cache: the upstream's Age goes on as it is.
             age = [(name, value) for name, value in pairs if name.lower() == "age"][:1]
-            outcome = Streaming(download, response.code, replayable(pairs) + age, "PASS")
+            label = header_dict(response.headers).get("x-cache", "MISS") if via_cache else "PASS"
+            outcome = Streaming(download, response.code, replayable(pairs) + age, label)
             self.on_download(download, url)
             self.reactor.callLater(0, fetcher.deliver, response, download)
             return outcome

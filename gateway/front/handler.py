@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -252,7 +252,7 @@ class Gateway:
         assert self.owners is not None
         headers = {k: v for k, v in ex.headers.items() if k not in _ANSWERED_HERE}
         d = self.flights.relay(ex.method, self.owners.url(owner, ex.path),
-                               hop_headers(headers, ex.host), None, self.owners.fetcher)
+                               hop_headers(headers, ex.host), None, self.owners.fetcher, True)
         d.addCallback(self._owner_answered, ex, target, stale)
         d.addErrback(self._bug, ex)
 
@@ -262,12 +262,8 @@ class Gateway:
             log.warn("owner of {key} did not answer ({reason}): fetching it here",
                      key=target.key, reason=outcome.reason)
             return self._obtain(ex, target, stale)
-        if isinstance(outcome, Streaming):
-            if ex.gone:
-                return outcome.download.finish(Failure(ConnectionAbortedError("client gone")))
-            label = as_dict(outcome.headers).get("x-cache", "MISS")
-            headers = [(k, v) for k, v in outcome.headers if k.lower() != "x-cache"]
-            outcome = replace(outcome, headers=headers, label=label)
+        if ex.gone and isinstance(outcome, Streaming):
+            return outcome.download.finish(Failure(ConnectionAbortedError("client gone")))
         self._serve_outcome(outcome, ex)
 
     def _fresh(self, upstream: Upstream, rule: Rule, headers: dict[str, str],

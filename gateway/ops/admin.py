@@ -144,11 +144,16 @@ class AdminAPI:
     # -- reading -------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "uptime": self.reactor.seconds() - self.started,
-                "docker_dns": self.top.advertise_ipv4, "addresses": self.top.addresses,
-                "listeners": self.listeners(),
-                "untrusting": advice(self.top.passthrough.stats.as_dict()),
-                "integrity": self.integrity_brief()}
+        doc = {"status": "ok", "uptime": self.reactor.seconds() - self.started,
+               "docker_dns": self.top.advertise_ipv4, "addresses": self.top.addresses,
+               "listeners": self.listeners(),
+               "untrusting": advice(self.top.passthrough.stats.as_dict()),
+               "integrity": self.integrity_brief()}
+        pool = getattr(self.top, "pool", None)  # worker processes (workers.py)
+        if pool is not None:
+            doc["workers"] = pool.describe()
+            doc["integrity"] = {"counts": pool.overlay()["integrity"], "recent": []}
+        return doc
 
     def integrity_brief(self) -> dict[str, Any]:
         """Refused bodies for doctor: counts and the last few events."""

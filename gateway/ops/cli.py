@@ -509,6 +509,7 @@ def format_stats(doc: dict[str, Any], width: int | None = STATS_WIDTH) -> str:
         f"(bodies); on disk {human_bytes(cache['bytes'])} of {human_bytes(cache['limit'])}; "
         f"downloads in progress: {doc['downloads']['active']}",
         *_integrity_line(doc),
+        *_workers_line(doc),
         f"dns: {dns['queries']} queries, {dns['redirected']} redirected, {dns['forwarded']} "
         f"forwarded, {dns['cache_hits']} from its cache",
         "",
@@ -525,6 +526,15 @@ def format_stats(doc: dict[str, Any], width: int | None = STATS_WIDTH) -> str:
         _top_objects(doc["top"], width),
     ]
     return "\n".join(lines)
+
+
+def _workers_line(doc: dict[str, Any]) -> list[str]:
+    workers = doc.get("workers")
+    if not workers:
+        return []
+    states = ", ".join(f"{w['worker']} {w['state']} (pid {w['pid']}, {w['restarts']} restarts)"
+                       for w in workers)
+    return [f"workers: {states}"]
 
 
 def _top_objects(top: list[dict[str, Any]], width: int | None) -> str:

@@ -66,7 +66,24 @@ def run_checks(s: Situation) -> list[Check]:
     checks = [*check_addresses(s), *check_ports(s), *check_dns(s), check_https(s),
               check_trust(s), check_clients_trust(s), check_docker(s),
               check_registry_mirror(s), check_trusted_images(s.config)]
-    return checks + [check_integrity(s)] + check_upstreams(s)
+    return checks + [check_workers(s), check_integrity(s)] + check_upstreams(s)
+
+
+def check_workers(s: Situation) -> Check:
+    """With ``server.workers`` > 1: every worker process answering its supervisor."""
+    title = "workers"
+    workers = (s.live or {}).get("workers")
+    if workers is None:
+        return Check(None, title, "one process" if s.live else "the gateway is not running")
+    down = [w for w in workers if w["state"] != "up"]
+    restarts = sum(w["restarts"] for w in workers)
+    if not down:
+        return Check(True, title, f"{len(workers)} workers up ({restarts} restarts)")
+    detail = "; ".join(f"worker {w['worker']} {w['state']}"
+                       + (f" (last exit: {w['last_exit']})" if w["last_exit"] else "")
+                       for w in down)
+    return Check(False, title, detail, "its clients go to the other workers meanwhile; a "
+                 "worker that keeps exiting is in the gateway's log (journalctl -u cachegate)")
 
 
 def check_integrity(s: Situation) -> Check:
