@@ -179,7 +179,7 @@ class RegistryClient:
             response = yield self.fetcher.request("GET", url, headers)
             body = yield readBody(response)
             answer = json.loads(body) if response.code == 200 else {}
-        except (ValueError, Exception) as e:  # noqa: B014 - any failure means no token
+        except Exception as e:  # noqa: BLE001 - unreachable, or not JSON: no token
             log.error("token realm of {registry} failed: {error}", registry=registry.name,
                       error=e)
             return None
