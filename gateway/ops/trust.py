@@ -338,7 +338,19 @@ def with_dns_section(text: str, section: str) -> str:
     """``text`` (a buildkitd.toml) with its ``[dns]`` table replaced by ``section``, or
     ``section`` appended.  Textual, since the table is ours to own: the rest of the file is
     kept byte for byte (a TOML writer would drop comments)."""
-    pattern = re.compile(r"^\[dns\][^\n]*\n(?:(?!\[).*\n?)*", re.MULTILINE)
+    return with_table(text, "dns", section)
+
+
+def mirror_sections(mirror: str) -> list[tuple[str, str]]:
+    """(table name, table) for BuildKit to pull Docker Hub through ``mirror`` (HOST:PORT)
+    over plain http (the ``http`` key sits on the mirror's own table: moby/buildkit#2514)."""
+    return [('registry."docker.io"', f'[registry."docker.io"]\n  mirrors = ["{mirror}"]\n'),
+            (f'registry."{mirror}"', f'[registry."{mirror}"]\n  http = true\n')]
+
+
+def with_table(text: str, name: str, section: str) -> str:
+    """``text`` with its ``[name]`` table replaced by ``section``, or ``section`` appended."""
+    pattern = re.compile(rf"^\[{re.escape(name)}\][^\n]*\n(?:(?!\[).*\n?)*", re.MULTILINE)
     if pattern.search(text):
         return pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
     if text and not text.endswith("\n"):
@@ -354,13 +366,35 @@ def cmd_buildx(args: argparse.Namespace, config: Any) -> int:
         raise TrustError("the gateway has no non-loopback address (BuildKit ignores loopback "
                          "nameservers): is docker0 up, or set dns.advertise_ipv4")
     path = args.file.expanduser()
-    text = path.read_text() if path.exists() else ""
+    text = with_dns_section(path.read_text() if path.exists() else "", dns_section([address]))
+    done = [f"[dns] nameservers = [{address}]"]
+    mirror = _builder_mirror(config, address)
+    if mirror:
+        for name, section in mirror_sections(mirror):
+            text = with_table(text, name, section)
+        done.append(f"Docker Hub through the registry mirror at {mirror}")
+    elif config.images.listen is not None:
+        done.append(f"no registry mirror: images.listen ({config.images.listen[0]}) is not "
+                    f"reachable from builder containers; listen on {address} for that")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(with_dns_section(text, dns_section([address])))
-    print(f"{path}: [dns] nameservers = [{address}]\n"
+    path.write_text(text)
+    print(f"{path}: " + "; ".join(done) + "\n"
           f"recreate docker-container builders to use it: docker buildx create "
           f"--driver docker-container --buildkitd-config {path} …")
     return EXIT_OK
+
+
+def _builder_mirror(config: Any, bridge: str) -> str:
+    """HOST:PORT of the registry mirror as a builder container reaches it, or "" when it
+    listens on loopback only (or is off)."""
+    if config.images.listen is None:
+        return ""
+    host, port = config.images.listen
+    if host in ("0.0.0.0", "::"):
+        host = bridge
+    if host.startswith("127.") or host == "::1":
+        return ""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 _COMMANDS = {"image": cmd_image, "images": cmd_images, "host": cmd_host, "buildx": cmd_buildx}

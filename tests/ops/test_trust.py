@@ -334,3 +334,17 @@ def test_trust_buildx_refuses_loopback(tmp_path, capsys):
     toml = tmp_path / "buildkitd.toml"
     assert cachegate(config_file, "trust", "buildx", "--file", str(toml)) == 1
     assert "loopback" in capsys.readouterr().err and not toml.exists()
+
+
+def test_trust_buildx_adds_the_registry_mirror_when_builders_can_reach_it(setup, tmp_path):
+    config_file, _, _ = setup
+    config_file.write_text(config_file.read_text() + '\n[images]\nlisten = "0.0.0.0:5000"\n')
+    toml = tmp_path / "buildkitd.toml"
+    toml.write_text('[registry."docker.io"]\n  mirrors = ["mirror.gcr.io"]\n')
+    assert cachegate(config_file, "trust", "buildx", "--file", str(toml)) == 0
+    assert toml.read_text() == (
+        '[registry."docker.io"]\n  mirrors = ["172.17.0.1:5000"]\n\n'
+        '[dns]\n  nameservers = ["172.17.0.1"]\n\n'
+        '[registry."172.17.0.1:5000"]\n  http = true\n')
+    assert cachegate(config_file, "trust", "buildx", "--file", str(toml)) == 0
+    assert toml.read_text().count("[registry.") == 2  # idempotent
