@@ -20,8 +20,8 @@ class Histogram:
 
     Cheaper than ``prometheus_client.Histogram`` on the request path (a bisect and two
     additions, no lock: the reactor thread is the only writer); the alternative rejected,
-    one ``prometheus_client`` child per label pair, costs a lock and a label lookup per
-    observation, a few per cent of a small hit."""
+    ``prometheus_client``'s ``labels(...).observe``, costs a lock and a label lookup per
+    observation: 2.0 us against 0.2 us here, where a small hit costs ~40 us of CPU."""
 
     __slots__ = ("bounds", "counts", "total")
 
