@@ -104,6 +104,16 @@ class ImagesConfig:
 
 
 @dataclass(frozen=True)
+class SessionsConfig:
+    """Build records (gateway/ops/sessions.py): the default client set, the sessions open
+    while the gateway runs, and a recorded session replayed to ``clients``."""
+
+    clients: tuple[str, ...] = ("docker",)  # CIDRs; "docker" = the Docker bridge network
+    record: tuple[str, ...] = ()  # names of standing sessions (reopened at each start)
+    replay: str = ""  # a recorded session's id or name; "" = none
+
+
+@dataclass(frozen=True)
 class Config:
     source: str = "<defaults>"
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -113,6 +123,7 @@ class Config:
     trust: TrustConfig = field(default_factory=TrustConfig)
     upstreams: tuple[Upstream, ...] = BUILTIN
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
 
 
 def load_config(path: Path | None) -> Config:
@@ -133,7 +144,7 @@ def load_config(path: Path | None) -> Config:
 def parse_config(data: dict[str, Any], source: str) -> Config:
     """Validate a parsed TOML document into a ``Config``."""
     _Reader(data, source, "").reject_unknown({"server", "dns", "cache", "tls", "trust",
-                                           "upstreams", "images"})
+                                           "upstreams", "images", "sessions"})
     section = lambda name: _Reader(_table(data, name, source), source, name)  # noqa: E731
     upstreams, registries = _split_registries(_table(data, "upstreams", source), source)
     return Config(
@@ -145,6 +156,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         trust=_trust(section("trust")),
         upstreams=_upstreams(upstreams, source),
         images=_images(section("images"), registries),
+        sessions=_sessions(section("sessions")),
     )
 
 
@@ -312,6 +324,26 @@ def _images(r: _Reader, registries: tuple[Registry, ...]) -> ImagesConfig:
 
 
 _REGISTRY_KEYS = {"hosts", "origin", "enabled", "registry", "credentials_file"}
+
+
+def _sessions(r: _Reader) -> SessionsConfig:
+    r.reject_unknown({"clients", "record", "replay"})
+    return SessionsConfig(clients=r.each("clients", ("docker",), _client_set),
+                          record=r.each("record", (), _session_name),
+                          replay=r.get("replay", str, ""))
+
+
+def _client_set(value: str) -> str:
+    """"docker" (the Docker bridge network) or a network: "172.17.0.0/16", "10.0.0.5"."""
+    if value == "docker":
+        return value
+    return str(ipaddress.ip_network(value, strict=False))
+
+
+def _session_name(value: str) -> str:
+    if not value or len(value) > 100 or not value.isprintable() or "/" in value:
+        raise ValueError("a session name is 1-100 printable characters, no '/'")
+    return value
 
 
 def _split_registries(tables: dict[str, Any], source: str
