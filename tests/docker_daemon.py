@@ -284,16 +284,62 @@ def _kill_managed_containerd(run_dir: Path) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def _shims() -> dict[int, str]:
+    """pid → containerd namespace of every containerd-shim running."""
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"containerd-shim" in argv[0] and b"-namespace" in argv:
+            index = argv.index(b"-namespace") + 1
+            if index < len(argv):
+                found[int(proc.name)] = argv[index].decode(errors="replace")
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every descendant (a shim and its container's processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        pending += children.get(current, [])
+        try:
+            os.kill(current, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _kill_shims(name: str) -> None:
+    """The shims of namespace ``name`` and their containers: they outlive a dockerd that
+    was killed (a shim is detached by design)."""
+    for pid, namespace in _shims().items():
+        if namespace == name:
+            _kill_tree(pid)
+
+
 def _unmount_below(*roots: Path) -> None:
-    """Every mount under ``roots`` (overlay layers, shm, netns files), deepest first."""
+    """Every mount under ``roots`` (overlay layers, shm, netns files) and on them (dockerd
+    bind-mounts its data-root onto itself), deepest first."""
     prefixes = tuple(f"{r}/" for r in roots)
+    exact = {str(r) for r in roots}
     mounts = [line.split()[1].replace("\\040", " ")
               for line in Path("/proc/self/mounts").read_text().splitlines()]
-    for point in sorted((m for m in mounts if m.startswith(prefixes)), key=len, reverse=True):
+    inside = [m for m in mounts if m.startswith(prefixes) or m in exact]
+    for point in sorted(inside, key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
 def _remove(name: str, run_dir: Path, data_root: Path) -> None:
+    _kill_shims(name)
     _unmount_below(run_dir, data_root)
     _ip("link", "del", name, check=False)
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -307,6 +353,7 @@ def sweep() -> list[str]:
                            _ip("-o", "link", "show", check=False).stdout, re.M))
     for parent in (RUN_DIR, DATA_DIR):
         names |= {p.name for p in parent.glob(f"{PREFIX}*")}
+    names |= set(_shims().values())
     stale = sorted(n for n in names if (m := _NAME.match(n)) and not _alive(int(m.group(1))))
     for name in stale:
         pidfile = RUN_DIR / name / "dockerd.pid"
@@ -314,6 +361,10 @@ def sweep() -> list[str]:
             pid = int(pidfile.read_text().strip())
             if _alive(pid) and Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd":
                 os.kill(pid, signal.SIGKILL)
+                for _ in range(100):  # its mounts go once it is gone
+                    if not _alive(pid):
+                        break
+                    time.sleep(0.05)
         except (OSError, ValueError):
             pass
         _kill_managed_containerd(RUN_DIR / name)
