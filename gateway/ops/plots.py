@@ -102,7 +102,8 @@ def _polylines(line: Line, now: float, top: float) -> list[str]:
     for run in runs:
         if len(run) == 1:
             x, y = run[0].split(",")
-            out.append(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{line.color}"/>')
+            out.append(f'<circle data-series="{escape(line.name)}" cx="{x}" cy="{y}" r="2.5" '
+                       f'fill="{line.color}"/>')
         elif run:
             out.append(f'<polyline data-series="{escape(line.name)}" fill="none" '
                        f'stroke="{line.color}" stroke-width="2" stroke-linejoin="round" '
