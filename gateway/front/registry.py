@@ -255,7 +255,7 @@ class Shared:
                     waiter.errback(result)
                 else:
                     waiter.callback(result)
-        start().addBoth(fire)
+        defer.maybeDeferred(start).addBoth(fire)  # a bug in start must not wedge the key
         return d
 
 
