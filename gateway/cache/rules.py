@@ -64,6 +64,18 @@ class Digest:
         return hashlib.new(self.algorithm)
 
 
+@dataclass(frozen=True)
+class Package:
+    """The package a URL's body is, as its ecosystem names it: the parts of a package URL
+    (purl: ``pkg:<type>/<namespace>/<name>@<version>?<qualifiers>``)."""
+
+    type: str  # the purl type: deb, apk, pypi, npm, maven, golang, cargo, gem
+    name: str
+    version: str
+    namespace: str = ""
+    qualifiers: tuple[tuple[str, str], ...] = ()
+
+
 class Ecosystem:
     """What the engine may ask an entry's ecosystem.  This base knows nothing special
     (user-added entries); an ecosystem module subclasses it for what it knows."""
@@ -96,6 +108,11 @@ class Ecosystem:
 
     def file_digest(self, algorithm: str, path: str) -> Callable[[str], str] | None:
         """The whole-file function for an ``algorithm`` that is not a hash of the bytes."""
+        return None
+
+    def package_of(self, path: str) -> Package | None:
+        """The package whose file ``path`` is (a build record's component); None for
+        indexes, metadata, checksums and anything else that is not a package."""
         return None
 
     def index_group(self, key: str) -> str | None:

@@ -24,7 +24,7 @@ import tarfile
 import zlib
 from typing import Callable, Iterator
 
-from gateway.cache.rules import Digest, Ecosystem, Policy, Rule, Upstream
+from gateway.cache.rules import Digest, Ecosystem, Package, Policy, Rule, Upstream
 from gateway.ecosystems.apt import APT_INDEX_TTL
 
 APK_IDENTITY = "apk-control-sha1"  # the algorithm of an index's C: digests
@@ -32,6 +32,8 @@ _INDEX = re.compile(r"^(.*/)APKINDEX\.tar\.gz$")
 MAX_INDEX_BYTES = 64 * 2**20  # decompressed: Alpine's largest (community) is ~15 MB
 _SIGNATURE_PREFIX = b".SIGN."
 _READ = 64 * 1024
+# <branch>/<repo>/<arch>/<name>-<version>-r<N>.apk (a name may hold "-" and digits)
+_APK = re.compile(r"/([^/]+)/([^/]+)-([0-9][^/-]*-r[0-9]+)\.apk$")
 
 
 def q1_to_hex(checksum: str) -> str | None:
@@ -150,6 +152,13 @@ class Alpine(Ecosystem):
 
     def file_digest(self, algorithm: str, path: str) -> Callable[[str], str] | None:
         return control_stream_sha1 if algorithm == APK_IDENTITY else None
+
+    def package_of(self, path: str) -> Package | None:
+        m = _APK.search(path.partition("?")[0])
+        if m is None:
+            return None
+        arch, name, version = m.groups()
+        return Package("apk", name, version, "alpine", (("arch", arch),))
 
 
 ROWS = (

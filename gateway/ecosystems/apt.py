@@ -16,8 +16,9 @@ import lzma
 import re
 import zlib
 from typing import Iterable, Iterator
+from urllib.parse import unquote
 
-from gateway.cache.rules import Digest, Ecosystem, Policy, Rule, Upstream
+from gateway.cache.rules import Digest, Ecosystem, Package, Policy, Rule, Upstream
 
 _SUITE = re.compile(r"^(.*/dists/[^/]+/)(.*)$")
 _RELEASE_FILES = frozenset({"InRelease", "Release", "Release.gpg"})
@@ -25,6 +26,8 @@ _RELEASE_FILES = frozenset({"InRelease", "Release", "Release.gpg"})
 _PACKAGES = re.compile(r"^(.*?)/dists/.+/binary-[^/]+/(Packages(\.(gz|xz|bz2))?|"
                        r"by-hash/SHA256/[0-9a-f]{64})$")
 _POOL = re.compile(r"/pool/.+\.u?deb$")
+# pool/<component>/<p>/<source>/<name>_<version>_<arch>.deb (an epoch's ":" as %3a)
+_DEB = re.compile(r"/pool/.*/([^/_]+)_([^/_]+)_([^/_.]+)\.u?deb$")
 
 
 def suite_of(base_key: str) -> str | None:
@@ -41,6 +44,16 @@ def is_release_file(base_key: str) -> bool:
 
 class Apt(Ecosystem):
     """A suite's indexes are one group; its release file is the group's marker."""
+
+    def __init__(self, distro: str = "debian") -> None:
+        self.distro = distro  # the purl namespace: pkg:deb/debian/..., pkg:deb/ubuntu/...
+
+    def package_of(self, path: str) -> Package | None:
+        m = _DEB.search(path.partition("?")[0])
+        if m is None:
+            return None
+        name, version, arch = (unquote(part) for part in m.groups())
+        return Package("deb", name, version, self.distro, (("arch", arch),))
 
     def index_group(self, key: str) -> str | None:
         return None if is_release_file(key) else suite_of(key)
@@ -106,9 +119,10 @@ _RULES = (
 
 ROWS = (
     Upstream("debian", ("deb.debian.org", "security.debian.org", "cdn-fastly.deb.debian.org",
-                        "ftp.debian.org", "debian.map.fastlydns.net"), _RULES, ecosystem=Apt()),
+                        "ftp.debian.org", "debian.map.fastlydns.net"), _RULES,
+             ecosystem=Apt("debian")),
     # Country mirrors (*.archive.ubuntu.com) and ports often lack HTTPS; apt verifies
     # signatures either way.
     Upstream("ubuntu", ("archive.ubuntu.com", "*.archive.ubuntu.com", "security.ubuntu.com",
-                        "ports.ubuntu.com"), _RULES, "http", ecosystem=Apt()),
+                        "ports.ubuntu.com"), _RULES, "http", ecosystem=Apt("ubuntu")),
 )

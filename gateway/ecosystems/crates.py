@@ -10,11 +10,13 @@ import json
 import re
 from typing import Iterable
 
-from gateway.cache.rules import Digest, Ecosystem, Policy, Rule, Upstream
+from gateway.cache.rules import Digest, Ecosystem, Package, Policy, Rule, Upstream
 from gateway.ecosystems import INDEX_TTL
 
 _INDEX_ENTRY = re.compile(r"^/(1/[^/]+|2/[^/]+|3/./[^/]+|[^/]{2}/[^/]{2}/[^/]+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_DOWNLOAD = re.compile(r"^/crates/([^/]+)/([^/]+)/download$")
+_CRATE = re.compile(r"^/crates/([^/]+)/([^/]+)\.crate$")
 
 
 def crate_paths(name: str, version: str) -> tuple[str, str]:
@@ -33,6 +35,16 @@ def index_path(name: str) -> str:
 
 
 class Crates(Ecosystem):
+    def package_of(self, path: str) -> Package | None:
+        bare = path.partition("?")[0]
+        m = _DOWNLOAD.match(bare)
+        if m:
+            return Package("cargo", m.group(1), m.group(2))
+        m = _CRATE.match(bare)
+        if m and m.group(2).startswith(m.group(1) + "-"):
+            return Package("cargo", m.group(1), m.group(2)[len(m.group(1)) + 1:])
+        return None
+
     def publishes_digests(self, path: str) -> bool:
         return path.startswith("/crates/")
 

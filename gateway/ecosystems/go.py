@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import zipfile
 from typing import Callable
 
-from gateway.cache.rules import Ecosystem, Policy, Rule, Upstream
+from gateway.cache.rules import Ecosystem, Package, Policy, Rule, Upstream
 from gateway.ecosystems import INDEX_TTL
 
 H1 = "h1"
@@ -43,7 +44,21 @@ def escape(path: str) -> str:
     return "".join(f"!{c.lower()}" if c.isupper() else c for c in path)
 
 
+def unescape(path: str) -> str:
+    """``module.UnescapePath``: ``!x`` is ``X``."""
+    return re.sub(r"!([a-z])", lambda m: m.group(1).upper(), path)
+
+
 class Go(Ecosystem):
+    def package_of(self, path: str) -> Package | None:
+        """``/<escaped module>/@v/<version>.zip``: the module's source, which a build uses
+        (its ``.mod`` and ``.info`` are metadata the resolver reads)."""
+        module, sep, rest = path.partition("?")[0].lstrip("/").partition("/@v/")
+        if not sep or not rest.endswith(".zip") or "/" in rest:
+            return None
+        namespace, _, name = unescape(module).rpartition("/")
+        return Package("golang", name, unescape(rest[:-len(".zip")]), namespace)
+
     def file_digest(self, algorithm: str, path: str) -> Callable[[str], str] | None:
         if algorithm != H1:
             return None

@@ -11,12 +11,15 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from gateway.cache.rules import Digest, Ecosystem, Policy, Rule, Upstream
+from gateway.cache.rules import Digest, Ecosystem, Package, Policy, Rule, Upstream
 from gateway.ecosystems import INDEX_TTL
 
 _SIDECAR = re.compile(r"^(.+)\.(sha1|sha256|sha512)$")
 _LENGTHS = {"sha1": 40, "sha256": 64, "sha512": 128}
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
+# What a build uses of an artifact; checksums, signatures and metadata are not packages.
+_PACKAGED = (".jar", ".war", ".aar", ".pom", ".module", ".zip", ".tar.gz")
+REPOSITORY_ROOTS = ("maven2",)  # repo1.maven.org/maven2/<group path>/...
 
 
 def sidecar_digest(algorithm: str, body: bytes) -> str | None:
@@ -36,6 +39,23 @@ class Maven(Ecosystem):
         if not self.publishes_digests(path) or "-SNAPSHOT/" in path:
             return None
         return path + ".sha1"
+
+    def package_of(self, path: str) -> Package | None:
+        """``<group path>/<artifact>/<version>/<artifact>-<version>[-<classifier>].<ext>``."""
+        parts = path.partition("?")[0].strip("/").split("/")
+        while parts and parts[0] in REPOSITORY_ROOTS:
+            parts = parts[1:]
+        if len(parts) < 4 or not parts[-1].endswith(_PACKAGED):
+            return None
+        *group, artifact, version, filename = parts
+        stem = f"{artifact}-{version}"
+        if not filename.startswith(stem) or filename[len(stem):len(stem) + 1] not in ".-":
+            return None
+        rest = filename[len(stem):]
+        ext = next(e for e in _PACKAGED if rest.endswith(e))
+        classifier = rest[1:-len(ext)] if rest.startswith("-") else ""
+        qualifiers = [("type", ext[1:])] + ([("classifier", classifier)] if classifier else [])
+        return Package("maven", artifact, version, ".".join(group), tuple(qualifiers))
 
     def learns_from(self, path: str) -> bool:
         m = _SIDECAR.match(path)

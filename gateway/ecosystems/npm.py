@@ -9,14 +9,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
-from gateway.cache.rules import Digest, Ecosystem, Policy, Rule, Upstream
+from gateway.cache.rules import Digest, Ecosystem, Package, Policy, Rule, Upstream
 from gateway.ecosystems import INDEX_TTL
 
 _TARBALL = Rule(r"/-/[^/]+\.tgz$", Policy.IMMUTABLE)
 _PACKUMENT = Rule(r"^/(@[^/]+(/|%2[fF]))?[^/@][^/]*/?$", Policy.REVALIDATE, INDEX_TTL)
+# /<@scope/>?<name>/-/<name>-<version>.tgz (the scope's "/" may be spelt %2f)
+_TARBALL_PARTS = re.compile(r"^/(?:(@[^/]+)/)?([^/@][^/]*)/-/(?:[^/]+)\.tgz$")
 # SRI algorithms, strongest first (an entry may list several).
 _SRI = ("sha512", "sha384", "sha256", "sha1")
 
@@ -63,6 +66,17 @@ def packument_digests(data: bytes) -> Iterator[tuple[str, Digest]]:
 
 
 class Npm(Ecosystem):
+    def package_of(self, path: str) -> Package | None:
+        bare = unquote(path.partition("?")[0])
+        m = _TARBALL_PARTS.match(bare)
+        if m is None:
+            return None
+        scope, name = m.group(1) or "", m.group(2)
+        filename = bare.rsplit("/", 1)[-1][:-len(".tgz")]
+        if not filename.startswith(name + "-"):
+            return None
+        return Package("npm", name, filename[len(name) + 1:], scope)
+
     def publishes_digests(self, path: str) -> bool:
         return _TARBALL.matches(path)
 

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from gateway.cache.rules import Digest, Ecosystem, Policy, Rule, Upstream
+import re
+
+from gateway.cache.rules import Digest, Ecosystem, Package, Policy, Rule, Upstream
 from gateway.ecosystems import INDEX_TTL
 
 BLAKE2B = "pypi-blake2b"
+# A wheel: {name}-{version}(-{build})?-{python}-{abi}-{platform}.whl (names use "_").
+_WHEEL = re.compile(r"^([^-]+)-([^-]+)(-[0-9][^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
+# An sdist: {name}-{version}.tar.gz|.zip|...; the version starts after the last "-" that
+# a digit follows.
+_SDIST = re.compile(r"^(.+?)-([0-9][^-]*)\.(tar\.gz|tar\.bz2|tar\.xz|zip|tgz|egg)$")
+
+
+def normalise(name: str) -> str:
+    """PEP 503's normal form, as purl's pypi type wants it."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 class PyPI(Ecosystem):
@@ -18,6 +30,14 @@ class PyPI(Ecosystem):
             return None
         parts = path.partition("?")[0].split("/")  # /packages/aa/bb/<60>/name
         return Digest("blake2b-256", "".join(parts[2:5]))
+
+    def package_of(self, path: str) -> Package | None:
+        bare = path.partition("?")[0]
+        if not bare.startswith("/packages/"):
+            return None
+        filename = bare.rsplit("/", 1)[-1]
+        m = _WHEEL.match(filename) or _SDIST.match(filename)
+        return Package("pypi", normalise(m.group(1)), m.group(2)) if m else None
 
 
 ROWS = (

@@ -9,11 +9,14 @@ from __future__ import annotations
 import re
 from typing import Iterable, Iterator
 
-from gateway.cache.rules import Digest, Ecosystem, Policy, Rule, Upstream
+from gateway.cache.rules import Digest, Ecosystem, Package, Policy, Rule, Upstream
 from gateway.ecosystems import INDEX_TTL
 
 _INFO = re.compile(r"^/info/([^/]+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# /gems/<name>-<version>[-<platform>].gem: the version is the first "-" part that starts
+# with a digit (a name with such a part is read wrongly: gem names rarely have one).
+_GEM = re.compile(r"^/gems/(.+?)-([0-9][^-]*)(?:-(.+))?\.gem$")
 
 
 def info_checksums(text: str) -> Iterator[tuple[str, str]]:
@@ -31,6 +34,13 @@ def info_checksums(text: str) -> Iterator[tuple[str, str]]:
 
 
 class RubyGems(Ecosystem):
+    def package_of(self, path: str) -> Package | None:
+        m = _GEM.match(path.partition("?")[0])
+        if m is None:
+            return None
+        platform = (("platform", m.group(3)),) if m.group(3) else ()
+        return Package("gem", m.group(1), m.group(2), "", platform)
+
     def publishes_digests(self, path: str) -> bool:
         return path.startswith("/gems/")
 
