@@ -114,6 +114,31 @@ class SessionsConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Many build hosts (``gateway/cache/tiers.py``, ``gateway/front/cluster.py``)."""
+
+    parents: tuple[str, ...] = ()  # "http://cg1.example:3130": misses go there by key
+    listen: tuple[str, int] | None = None  # serve children here (token required)
+    token_file: str = ""  # the secret children present and parents accept
+    connect_timeout: float = 1.0  # a parent on the LAN answers at once, or is down
+    breaker_seconds: float = 5.0  # a parent found down is skipped this long, then probed
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """The shared object store behind the parents (``gateway/cache/s3.py``)."""
+
+    endpoint: str = ""  # "" = off; "https://s3.eu-west-1.amazonaws.com", "http://10.0.0.5:8333"
+    bucket: str = ""
+    prefix: str = "cachegate/"
+    region: str = "us-east-1"
+    credentials_file: str = ""  # "ACCESS_KEY:SECRET_KEY"; "" = boto3's own chain
+    queue: int = 1000  # objects waiting for upload; more are dropped (and counted)
+    timeout: float = 2.0  # per control call; a slower store is treated as down
+    breaker_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     source: str = "<defaults>"
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -124,6 +149,8 @@ class Config:
     upstreams: tuple[Upstream, ...] = BUILTIN
     images: ImagesConfig = field(default_factory=ImagesConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    s3: S3Config = field(default_factory=S3Config)
 
 
 def load_config(path: Path | None) -> Config:
@@ -144,7 +171,8 @@ def load_config(path: Path | None) -> Config:
 def parse_config(data: dict[str, Any], source: str) -> Config:
     """Validate a parsed TOML document into a ``Config``."""
     _Reader(data, source, "").reject_unknown({"server", "dns", "cache", "tls", "trust",
-                                           "upstreams", "images", "sessions"})
+                                           "upstreams", "images", "sessions",
+                                           "cluster", "store"})
     section = lambda name: _Reader(_table(data, name, source), source, name)  # noqa: E731
     upstreams, registries = _split_registries(_table(data, "upstreams", source), source)
     return Config(
@@ -157,6 +185,8 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         upstreams=_upstreams(upstreams, source),
         images=_images(section("images"), registries),
         sessions=_sessions(section("sessions")),
+        cluster=_cluster(section("cluster")),
+        s3=_s3(_store_s3(data, source)),
     )
 
 
@@ -321,6 +351,71 @@ def _images(r: _Reader, registries: tuple[Registry, ...]) -> ImagesConfig:
     if not 0 <= tag_ttl <= 86400:
         raise r.fail("tag_ttl", f"must be between 0 and 86400 seconds, got {tag_ttl}")
     return ImagesConfig(address, tag_ttl, registries)
+
+
+def _cluster(r: _Reader) -> ClusterConfig:
+    d = ClusterConfig()
+    r.reject_unknown({"parents", "listen", "token_file", "connect_timeout", "breaker_seconds"})
+    listen = r.get("listen", str, "")
+    try:
+        address = parse_host_port(listen) if listen else None
+    except ValueError as e:
+        raise r.fail("listen", f"{listen!r}: {e} (or \"\" for no children)") from None
+    config = ClusterConfig(
+        parents=r.each("parents", (), _parent_url),
+        listen=address,
+        token_file=r.convert("token_file", str, "", _absolute_file),
+        connect_timeout=r.convert("connect_timeout", (int, float), d.connect_timeout, _positive),
+        breaker_seconds=r.convert("breaker_seconds", (int, float), d.breaker_seconds, _positive),
+    )
+    if (config.parents or config.listen) and not config.token_file:
+        raise r.fail("token_file", "required with parents or listen (the shared secret)")
+    return config
+
+
+def _parent_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.username:
+        raise ValueError("expected http://HOST:PORT")
+    return value.rstrip("/")
+
+
+def _absolute_file(value: str) -> str:
+    if value and not os.path.isabs(os.path.expanduser(value)):
+        raise ValueError("expected an absolute path")
+    return os.path.expanduser(value)
+
+
+def _store_s3(data: dict[str, Any], source: str) -> _Reader:
+    store = _Reader(_table(data, "store", source), source, "store")
+    store.reject_unknown({"s3"})
+    return _Reader(_table(store.table, "s3", source), source, "store.s3")
+
+
+def _s3(r: _Reader) -> S3Config:
+    d = S3Config()
+    r.reject_unknown({"endpoint", "bucket", "prefix", "region", "credentials_file", "queue",
+                      "timeout", "breaker_seconds"})
+    config = S3Config(
+        endpoint=r.convert("endpoint", str, "", lambda v: _origin_url(v) if v else v),
+        bucket=r.get("bucket", str, ""),
+        prefix=r.get("prefix", str, d.prefix),
+        region=r.get("region", str, d.region),
+        credentials_file=r.convert("credentials_file", str, "", _credentials_file),
+        queue=r.convert("queue", int, d.queue, _positive_int),
+        timeout=r.convert("timeout", (int, float), d.timeout, _positive),
+        breaker_seconds=r.convert("breaker_seconds", (int, float), d.breaker_seconds, _positive),
+    )
+    if config.endpoint and not config.bucket:
+        raise r.fail("bucket", "required with an endpoint")
+    return config
+
+
+def _positive_int(value: int) -> int:
+    if value <= 0:
+        raise ValueError("must be greater than zero")
+    return value
 
 
 _REGISTRY_KEYS = {"hosts", "origin", "enabled", "registry", "credentials_file"}
