@@ -37,6 +37,9 @@ MODE_OBJECT = 5  # beyond diskcache's own modes (0-4): JSON metadata + a body fi
 # then fails (a store that is not written is a miss served anyway).  diskcache's default,
 # 60 s, would stall the reactor that asked.
 BUSY_SECONDS = 0.25
+# How often a worker asks SQLite whether another process committed: the question costs
+# 5 us, a tenth of a small hit, so it is asked at most this often, not on every hit.
+VERSION_SECONDS = 0.005
 EXPECT_BATCH = 1000  # expected digests written per transaction
 _VARY_PREFIX = "vary\n"
 _SUITE_PREFIX = "apt-suite\n"
@@ -177,6 +180,7 @@ class Store:
                                      size_limit=size_limit, cull_limit=0, eviction_policy="none",
                                      timeout=BUSY_SECONDS)
         self._version = self._data_version() if worker else 0
+        self._version_checked = 0.0
         self.cache._sql("CREATE INDEX IF NOT EXISTS Cache_access_time ON Cache (access_time)")
         self.by_digest = _content_index(self.cache)
         for statement in _SIDE_TABLES:
@@ -201,8 +205,14 @@ class Store:
         return self.cache._sql("PRAGMA data_version").fetchone()[0]
 
     def _notice_other_writers(self) -> None:
-        """Forget the memos when another process has committed since we last looked: a
-        memo must never name a body that was evicted, cleared or replaced meanwhile."""
+        """Forget the memos when another process has committed since we last looked (at
+        most every ``VERSION_SECONDS``).  Within that window a memo may name a body that
+        was evicted or replaced meanwhile: its file is gone, and opening it fails into a
+        miss (bodies are never rewritten in place, so an open file is always whole)."""
+        now = self.clock()
+        if now < self._version_checked + VERSION_SECONDS:
+            return
+        self._version_checked = now
         version = self._data_version()
         if version != self._version:
             self._version = version

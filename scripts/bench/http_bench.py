@@ -134,6 +134,25 @@ def wrk(port: int, path: str, seconds: int,
     return rps, _ms(p99)
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and every process below it (workers)."""
+    parents, used = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        used[child] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, grew = {pid}, True
+    while grew:
+        more = {c for c, p in parents.items() if p in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(used.get(p, 0.0) for p in tree)
+
+
 def _ms(value: str) -> float:
     for unit, factor in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
         if value.endswith(unit):
@@ -237,14 +256,19 @@ def measure(work: Path, procs: list, origin: str, workers: int,  # type: ignore[
     wait_port(nginx_port, mine[1])
     procs.extend(mine)
     proxies = {"cachegate": gw_port, "nginx": nginx_port}
+    pids = {"cachegate": mine[0].pid, "nginx": mine[1].pid}
     results: dict[str, dict] = {name: {} for name in proxies}
     for name, port in proxies.items():
         curl_speed(port, "/bench/big.bin", client_core)  # warm
         results[name]["hit_mb_s"] = max(curl_speed(port, "/bench/big.bin", client_core)
                                         for _ in range(3))
         curl_speed(port, "/bench/small.bin", client_core)
+        before = tree_cpu(pids[name])
         results[name]["small_rps"], results[name]["small_p99_ms"] = \
             wrk(port, "/bench/small.bin", args.seconds, client_core)
+        cpu = tree_cpu(pids[name]) - before
+        results[name]["small_cpu"] = cpu / args.seconds  # cores busy during the run
+        results[name]["small_per_cpu_s"] = results[name]["small_rps"] * args.seconds / cpu
     origin_call(origin, "behave", {"path": "/maven/bench/*", "slow_bytes_per_s": HERD_RATE})
     for name, port in proxies.items():
         start = time.monotonic()
@@ -265,6 +289,8 @@ def report(results: dict[str, dict]) -> None:
         ("warm hit, 1 GiB object (MB/s)", g["hit_mb_s"], n["hit_mb_s"], "{:.0f}"),
         ("16 KiB hits, 64 connections (req/s)", g["small_rps"], n["small_rps"], "{:.0f}"),
         ("16 KiB hits p99 (ms)", g["small_p99_ms"], n["small_p99_ms"], "{:.2f}"),
+        ("16 KiB hits: cores busy", g["small_cpu"], n["small_cpu"], "{:.2f}"),
+        ("16 KiB hits per CPU-second", g["small_per_cpu_s"], n["small_per_cpu_s"], "{:.0f}"),
         ("herd: origin requests", g["herd_origin_requests"], n["herd_origin_requests"], "{}"),
         ("herd: first-byte spread (ms)", g["first_byte_spread_ms"], n["first_byte_spread_ms"],
          "{:.0f}"),
