@@ -106,7 +106,10 @@ class WorkerPool(service.Service):
         self.directory.mkdir(mode=0o700, exist_ok=True)
         self.top.external_ports = {}
         for kind, address, port in client_ports(self.top.config, self.top.addresses):
-            for mine in self.sockets:
+            # The registry mirror's flights are its own (by digest, not by owner): one
+            # worker serves it, so a blob is still fetched once.  Pulls are bandwidth
+            # (sendfile), not CPU.
+            for mine in self.sockets[:1] if kind == "images" else self.sockets:
                 sock = bind(address, port)
                 port = sock.getsockname()[1]  # the siblings share the port 0 picked
                 mine.append((kind, sock))
