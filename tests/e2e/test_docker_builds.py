@@ -16,6 +16,8 @@ Root only: skipped elsewhere, a failure under CI=true."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, threads
@@ -154,6 +156,15 @@ async def test_stock_image_apt_is_cached_and_https_clients_follow_the_matrix(
     assert runs[1].returncode != 0 and CERT_REJECTED[1] in runs[1].output, said(runs[1], gateway)
     assert runs[2].returncode == 0, said(runs[2], gateway)
     assert "Traceback" not in gateway.log_path.read_text()
+
+    # `cachegate doctor` names the build containers that rejected the CA, per name.
+    doctor = await threads.deferToThread(gateway.cli, "doctor", env=docker_daemon.env())
+    clients = next(line for line in doctor.stdout.splitlines()
+                   if "build clients trust the CA" in line)
+    assert clients.startswith("✗"), doctor.stdout
+    for host in ("pypi.org", "registry.npmjs.org", "deb.debian.org", "repo.maven.apache.org"):
+        assert re.search(rf"client {re.escape(docker_daemon.address.rsplit('.', 1)[0])}\.\d+ "
+                         rf"does not trust the CA for {re.escape(host)} ", clients), clients
 
 
 # --- FROM an image made by `cachegate trust image` -----------------------------------------
