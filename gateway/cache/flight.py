@@ -113,12 +113,15 @@ class Flights:
         return flight.join(target.headers)
 
     def relay(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-              fetcher: Fetcher | None = None, via_cache: bool = False
-              ) -> "defer.Deferred[Outcome]":
+              fetcher: Fetcher | None = None, via_cache: bool = False,
+              ecosystem: str | None = None) -> "defer.Deferred[Outcome]":
         """An unshared request whose response is streamed through and never stored (sent
         with ``fetcher`` when given: hosts outside the catalogue).  ``via_cache``: the far
-        side is another cache (a sibling worker), whose ``X-Cache`` labels the outcome."""
+        side is another cache (a sibling worker), whose ``X-Cache`` labels the outcome.
+        ``ecosystem``: count the exchange as an upstream request of it (``events``)."""
         fetcher = fetcher or self.fetcher
+        count = ecosystem is not None and not via_cache  # a sibling counts its own
+        sent = self.reactor.seconds()
 
         def streaming(response) -> Outcome:  # type: ignore[no-untyped-def]
             download = Download(self.store.new_partial(), _length(response))
@@ -129,9 +132,18 @@ class Flights:
             outcome = Streaming(download, response.code, replayable(pairs) + age, label)
             self.on_download(download, url)
             self.reactor.callLater(0, fetcher.deliver, response, download)
+            if count:
+                self.events.fetched(ecosystem, self.reactor.seconds() - sent)
+                if response.code >= 500:
+                    self.events.upstream_error(ecosystem, "5xx")
             return outcome
+
+        def failed(failure: Failure) -> Outcome:
+            if count:
+                self.events.unreachable(ecosystem, failure)
+            return _failure_outcome(failure, url)
         d = fetcher.request(method, url, headers, body)
-        return d.addCallbacks(streaming, lambda f: _failure_outcome(f, url))
+        return d.addCallbacks(streaming, failed)
 
 
 def _length(response) -> int | None:  # type: ignore[no-untyped-def]

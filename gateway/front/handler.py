@@ -296,14 +296,16 @@ class Gateway:
         name = f"[{host}]" if ":" in host else host
         url = f"http://{name}{path}" if port == 80 else f"http://{name}:{port}{path}"
         d = self.flights.relay(method, url, passthrough_request_headers(exchange.headers),
-                               body, self.foreign(_client(request)))
+                               body, self.foreign(_client(request)),
+                               ecosystem=OTHER_HOSTS.name)
         d.addCallback(self._serve_outcome, exchange)
         d.addErrback(self._bug, exchange)
 
     def _relay(self, ex: Exchange) -> None:
         body = ex.request.content.read() if ex.request.content is not None else None
         url = ex.upstream.upstream_url(ex.host, ex.path)
-        d = self.flights.relay(ex.method, url, passthrough_request_headers(ex.headers), body)
+        d = self.flights.relay(ex.method, url, passthrough_request_headers(ex.headers), body,
+                               ecosystem=ex.upstream.name)
         if invalidates(ex.method, 200):
             d.addCallback(self._invalidate, ex)
         d.addCallback(self._serve_outcome, ex)

@@ -164,3 +164,23 @@ def test_passthrough_and_stale_series_come_from_the_stats_document():
     assert s[("cachegate_stale_responses_total", (("ecosystem", "npm"),))] == 0
     assert s[("cachegate_cache_evictions_total", ())] == 4
     assert "172.17.0.2" not in text and "pypi.org" not in text
+
+
+@pytest_twisted.inlineCallbacks
+def test_relayed_requests_count_as_upstream_requests_and_errors(bare_origin, admin_gateway):
+    """A request with credentials is relayed uncached (PASS): still an upstream request of
+    its ecosystem, and a failure when the origin is gone."""
+    gw = admin_gateway(bare_origin.url)
+    apk = "/alpine/v3.19/main/x86_64/p-1.0-r0.apk"
+    put_object(bare_origin.root, "alpine", apk, b"private apk")
+    secret = {"authorization": "Bearer t"}
+    reply = yield fetch(gw.port, ALPINE_HOST, apk, headers=secret)
+    assert reply.status == 200 and reply.headers["x-cache"] == "PASS"
+    yield bare_origin.stop_serving()
+    reply = yield fetch(gw.port, ALPINE_HOST, apk, headers=secret)
+    assert reply.status == 502
+    s = yield scrape(gw)
+    assert s[("cachegate_upstream_requests_total", (("ecosystem", "alpine"),))] == 2
+    assert s[("cachegate_upstream_errors_total", (("ecosystem", "alpine"),
+                                                  ("kind", "connect")))] == 1
+    assert s[("cachegate_upstream_fetch_duration_seconds_count", (("ecosystem", "alpine"),))] == 1
