@@ -22,6 +22,7 @@ from gateway.cache.rules import Upstream, find_upstream
 from gateway.config import Config
 from gateway.cache.fetcher import Fetcher
 from gateway.cache.flight import Flights
+from gateway.front.cluster import ClusterResource, ClusterSite, read_token
 from gateway.front.handler import Gateway, GatewayResource, GatewaySite
 from gateway.front.accesslog import AccessLog
 from gateway.ops.progress import watch_progress
@@ -30,6 +31,7 @@ from gateway.front.registry import MirrorResource, MirrorSite, RegistryClient, R
 from gateway.front.proxy import ProxyFactory, proxy_context
 from gateway.cache.stats import Stats
 from gateway.cache.store import Store
+from gateway.cache.tiers import Tiers
 from gateway.ops.upstream_edits import with_saved_edits
 from tls.ca import permitted_domains
 from tls.context import SNIContexts
@@ -83,10 +85,16 @@ class GatewayService(service.MultiService):
         flights = Flights(reactor, self.store, self.fetcher, config.cache.negative_ttl,
                           partial(watch_progress, reactor))
         flights.integrity.on_drift = config.cache.on_drift
+        self.tiers = flights.tiers = cluster_tiers(config, reactor, self.fetcher)
         self.gateway = Gateway(reactor, config, self.store, flights, self.stats,
                                self.ca.cert_pem(), access_log,
                                self.foreign_fetcher if config.server.proxy_port else None)
         self.site = GatewaySite(GatewayResource(self.gateway), timeout=CLIENT_IDLE_TIMEOUT)
+        self.cluster_site: ClusterSite | None = None
+        if config.cluster.listen is not None:  # a parent: children's misses come here
+            self.cluster_site = ClusterSite(
+                ClusterResource(self.gateway, read_token(config.cluster.token_file)),
+                timeout=CLIENT_IDLE_TIMEOUT)
         self.mirror: RegistryMirror | None = None
         if config.images.listen is not None:
             self.mirror = RegistryMirror(reactor, self.store,
@@ -105,6 +113,15 @@ class GatewayService(service.MultiService):
     def foreign_fetcher(self, client: str) -> Fetcher:
         """What relays ``client``'s request for a host outside the catalogue."""
         return self.fetcher if ipaddress.ip_address(client).is_loopback else self.remote_fetcher
+
+    def tiers_state(self) -> dict:
+        """The shared tiers' state: each parent's breaker and bytes, the S3 store's."""
+        state: dict = {"parents": [], "bytes": {}, "fetches": {}}
+        if self.tiers is not None:
+            state.update(self.tiers.describe())
+        if self.cluster_site is not None:
+            state["children_refused"] = self.cluster_site.resource.refused
+        return state
 
     def has_name(self, name: str) -> bool:
         """Whether we serve ``name`` (a certificate is minted for it, DNS redirects it)."""
@@ -143,7 +160,8 @@ class GatewayService(service.MultiService):
             return [child._port.getHost().port for child in self
                     if type(child) is internet.TCPServer
                     and isinstance(child.args[1], ProxyFactory)]
-        site = getattr(self, "passthrough", None) if kind == "https" else self.site
+        site = getattr(self, "passthrough", None) if kind == "https" else \
+            self.cluster_site if kind == "cluster" else self.site
         return [child._port.getHost().port for child in self
                 if type(child) is internet.TCPServer and child.args[1] is site]
 
@@ -154,6 +172,8 @@ class GatewayService(service.MultiService):
         d = super().stopService()
         d.addBoth(lambda _: self.fetcher.close())
         d.addBoth(lambda _: self.remote_fetcher.close())
+        if self.tiers is not None:
+            d.addBoth(lambda _: self.tiers.close())
         d.addBoth(lambda _: self.store.close())
         return d
 
@@ -193,6 +213,8 @@ def client_factories(top: GatewayService, reactor) -> dict:  # type: ignore[no-u
         factories["proxy"] = ProxyFactory(reactor, context)
     if top.mirror is not None:
         factories["images"] = MirrorSite(MirrorResource(top.mirror), timeout=CLIENT_IDLE_TIMEOUT)
+    if top.cluster_site is not None:
+        factories["cluster"] = top.cluster_site
     return factories
 
 
@@ -208,7 +230,19 @@ def client_ports(config: Config, addresses: list[str]) -> list[tuple[str, str, i
             ports.append(("proxy", address, server.proxy_port))
     if config.images.listen is not None:
         ports.append(("images", *config.images.listen))
+    if config.cluster.listen is not None:
+        ports.append(("cluster", *config.cluster.listen))
     return ports
+
+
+def cluster_tiers(config: Config, reactor, upstream: Fetcher) -> Tiers | None:  # type: ignore[no-untyped-def]
+    """The parents a miss goes to before the upstream (``[cluster] parents``)."""
+    cluster = config.cluster
+    if not cluster.parents:
+        return None
+    return Tiers.from_urls(reactor, upstream, cluster.parents, read_token(cluster.token_file),
+                           cluster.connect_timeout, config.cache.idle_timeout,
+                           cluster.breaker_seconds)
 
 
 class MirrorListener(service.Service):

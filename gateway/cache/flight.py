@@ -30,6 +30,7 @@ from gateway.cache.headers import (as_dict, merge_304, replayable, shared_reques
 from gateway.cache.keys import base_key, parse_vary, variant_key
 from gateway.cache.policy import freshness, initial_age, store_refusal
 from gateway.cache.store import Entry, Meta, Store
+from gateway.cache.tiers import Tiers
 
 log = Logger()
 
@@ -99,10 +100,14 @@ class Flights:
         # Told of every upstream body as it starts (the operator's progress log).
         self.on_download = on_download or (lambda download, url: None)
         self.active: dict[str, Flight] = {}
-        self.events = events or EngineEvents()  # upstream times and errors, integrity
+        # The parents and S3 store in front of the upstream (``tiers.py``); None: none.
+        self.tiers: Tiers | None = None
+        # Told of every body committed to the store (the S3 tier's write-behind).
+        self.on_commit: Callable[[Meta, str], None] = lambda meta, key: None
         # Digests promised for fills, learning from stored indexes, refused bodies.
         self.integrity = Integrity(reactor, store)
         self.in_thread = partial(threads.deferToThreadPool, reactor, reactor.getThreadPool())
+        self.events = events or EngineEvents()  # upstream times and errors, integrity
 
     def obtain(self, target: Target, stale: Entry | None) -> "defer.Deferred[Outcome]":
         """Join the flight for ``target.key``, starting it if there is none."""
@@ -259,7 +264,9 @@ class Flight:
             if modified := self.stale.meta.header("last-modified"):
                 headers["if-modified-since"] = modified
         self.request_time = self.flights.reactor.seconds()
-        d = self.flights.fetcher.request("GET", self.target.url, headers)
+        tiers = self.flights.tiers
+        d = tiers.request(self.target, headers) if tiers is not None else \
+            self.flights.fetcher.request("GET", self.target.url, headers)
         d.addCallbacks(self._response, self._unreachable)
         d.addErrback(self._bug)
 
@@ -340,6 +347,8 @@ class Flight:
             key = variant_key(self.target.base, self.vary, self.target.headers)
             download.on_finish(lambda dl: self._commit(dl, key, response.code, pairs))
         download.on_finish(lambda dl: self._finished(dl))
+        if self.flights.tiers is not None:
+            self.flights.tiers.received(response, download)
         self._resolve(Streaming(download, response.code, pairs + self._age(headers), "MISS"))
         self.flights.on_download(download, self.target.url)
         self.flights.fetcher.deliver(response, download)
@@ -371,6 +380,7 @@ class Flight:
         if group is not None and previous != meta.sha256:
             self.flights.store.set_suite_changed(group, meta.freshness.response_time)
         if status == 200:
+            self.flights.on_commit(meta, key)
             integrity.committed(target.rule, key, meta, target.upstream.name,
                                 self.flights.events)
             # The reader's descriptor survives the rename: the index is read in a thread.
@@ -384,12 +394,12 @@ class Flight:
 
     def _finished(self, download: Download) -> None:
         if download.error is not None:
+            self.flights.integrity.refused(download, self.target.base,
+                                           self.target.upstream.name, self.flights.events)
             if download.error.check(VerificationError):
                 self.flights.events.integrity_failure(self.target.upstream.name, "download")
             else:
                 self.flights.events.upstream_failure(self.target.upstream.name, download.error)
-            self.flights.integrity.refused(download, self.target.base,
-                                           self.target.upstream.name, self.flights.events)
             log.error("download of {url} failed: {error}", url=self.target.url,
                       error=download.error.getErrorMessage())
         self._end()

@@ -162,7 +162,7 @@ class AdminAPI:
 
     def listeners(self) -> dict[str, list[int]]:
         return {kind: self.top.ports(kind)
-                for kind in ("http", "https", "proxy", "dns", "admin", "images")}
+                for kind in ("http", "https", "proxy", "dns", "admin", "images", "cluster")}
 
     def stats(self, store_figures: bool = True) -> dict[str, Any]:
         """The ``/api/stats`` document; a worker leaves out the store's figures (a scan of
@@ -188,6 +188,7 @@ class AdminAPI:
             "integrity": dict(top.gateway.flights.integrity.counts),
             "downloads": {"active": len(top.gateway.flights.active)},
             "upstream": self.upstream_totals(),
+            "tiers": top.tiers_state(),  # parents and the S3 store (issue 18)
             # The registry mirror: upstream pulls and tag revalidations per registry (its
             # requests by label are under "gateway", by registry name).
             "images": top.mirror.summary() if top.mirror is not None else None,

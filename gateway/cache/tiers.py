@@ -1,0 +1,193 @@
+"""Where a flight's one fetch goes: the parent gateway that owns the key, the next
+parent, then the real upstream.
+
+A child (a build host's gateway) sends a miss on a catalogue object to the parent chosen
+by rendezvous hashing of the cache key (``rendezvous.py``), as an absolute-form request
+with the real Host and the shared token.  The parent answers from its own cache and its
+own single flight, so an object crosses the internet once for the whole fleet.  The child
+stores the answer under its own rule: freshness is computed by the child's policy from the
+parent's ``Date`` and ``Age`` (a parent never makes an object fresher than the child's rule
+allows).
+
+A parent that does not answer (refused, timed out) has its breaker opened
+(``breaker.py``): while open it is skipped at the cost of a dict look-up.  A parent's own
+error (a 5xx it made itself, without ``X-Cache``; a 403 refusing our token) also moves on
+to the next, without opening the breaker for a 5xx.  Whatever happens, the last resort is
+the upstream itself: a shared tier never fails a build.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ProxyAgent
+
+from gateway.cache.breaker import Breaker
+from gateway.cache.fetcher import Fetcher, header_dict
+from gateway.cache.rendezvous import ranked
+
+log = Logger()
+
+TOKEN_HEADER = "proxy-authorization"
+UPSTREAM = "upstream"
+# Idle connections kept to each parent: a build's burst of misses reuses them.
+PARENT_CONNECTIONS = 32
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+@dataclass
+class Parent:
+    """One parent gateway: how to reach it and whether it is known down."""
+
+    url: str
+    fetcher: Fetcher
+    breaker: Breaker
+    requests: int = 0
+    bytes: int = 0
+    refusals: int = 0  # 403s: our token is not theirs
+
+    def describe(self) -> dict[str, Any]:
+        return {"parent": self.url, **self.breaker.describe(), "requests": self.requests,
+                "bytes": self.bytes, "refused": self.refusals}
+
+
+@dataclass
+class TierStats:
+    """Bytes of committed fetches by where they came from ("upstream", a parent, "s3")."""
+
+    bytes: Counter = field(default_factory=Counter)
+    fetches: Counter = field(default_factory=Counter)
+
+
+class _Discard(Protocol):
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        pass
+
+
+def parent_fetcher(reactor, url: str, connect_timeout: float,  # type: ignore[no-untyped-def]
+                   idle_timeout: float) -> Fetcher:
+    """A ``Fetcher`` whose requests go to the parent at ``url`` in absolute form (as to
+    an HTTP proxy), so the parent sees the real host the object lives on."""
+    parts = urlsplit(url)
+    fetcher = Fetcher(reactor, connect_timeout=connect_timeout, idle_timeout=idle_timeout)
+    fetcher.pool.maxPersistentPerHost = PARENT_CONNECTIONS
+    endpoint = HostnameEndpoint(reactor, parts.hostname, parts.port or 80,
+                                timeout=connect_timeout)
+    fetcher.agent = ProxyAgent(endpoint, reactor, fetcher.pool)
+    return fetcher
+
+
+class Tiers:
+    """The shared tiers in front of the upstream, asked in order for one flight's fetch."""
+
+    def __init__(self, reactor, upstream: Fetcher, parents: list[Parent],  # type: ignore[no-untyped-def]
+                 token: str) -> None:
+        self.reactor, self.upstream, self.parents, self.token = reactor, upstream, parents, token
+        self.by_url = {parent.url: parent for parent in parents}
+        self.stats = TierStats()
+        # Further tiers between the parents and the upstream (the S3 store): called with
+        # (target, headers), they fire with a response or None (not there, or down).
+        self.before_upstream: list[Callable] = []
+
+    @classmethod
+    def from_urls(cls, reactor, upstream: Fetcher, urls: tuple[str, ...],  # type: ignore[no-untyped-def]
+                  token: str, connect_timeout: float, idle_timeout: float,
+                  breaker_seconds: float) -> "Tiers":
+        parents = [Parent(url, parent_fetcher(reactor, url, connect_timeout, idle_timeout),
+                          Breaker(reactor.seconds, breaker_seconds)) for url in urls]
+        return cls(reactor, upstream, parents, token)
+
+    def request(self, target, headers: dict[str, str]) -> defer.Deferred:  # type: ignore[no-untyped-def]
+        """The response for ``target`` (a flight's ``Target``), from the first tier that
+        gives one; its ``source`` attribute names that tier."""
+        order = [self.by_url[url] for url in ranked(target.base, list(self.by_url))]
+        return self._next_parent(order, target, headers)
+
+    def _next_parent(self, order: list[Parent], target, headers: dict[str, str]  # type: ignore[no-untyped-def]
+                     ) -> defer.Deferred:
+        while order and not order[0].breaker.allow():
+            order = order[1:]
+        if not order:
+            return self._after_parents(list(self.before_upstream), target, headers)
+        parent, rest = order[0], order[1:]
+        sent = {**headers, TOKEN_HEADER: bearer(self.token)}
+        parent.requests += 1
+        d = parent.fetcher.request("GET", f"http://{target.host}{target.path}", sent)
+        d.addCallbacks(self._parent_answered, self._parent_failed,
+                       callbackArgs=(parent, rest, target, headers),
+                       errbackArgs=(parent, rest, target, headers))
+        return d
+
+    def _parent_answered(self, response, parent: Parent, rest: list[Parent], target,  # type: ignore[no-untyped-def]
+                         headers: dict[str, str]):
+        own_error = response.code >= 500 and "x-cache" not in header_dict(response.headers)
+        if response.code in (403, 407) or own_error:
+            response.deliverBody(_Discard())
+            parent.breaker.succeeded()  # it answered: alive
+            if response.code in (403, 407):
+                parent.refusals += 1
+            log.error("parent {parent} answered {status} itself: trying the next",
+                      parent=parent.url, status=response.code)
+            return self._next_parent(rest, target, headers)
+        parent.breaker.succeeded()
+        response.source = parent.url
+        return response
+
+    def _parent_failed(self, failure: Failure, parent: Parent, rest: list[Parent], target,  # type: ignore[no-untyped-def]
+                       headers: dict[str, str]) -> defer.Deferred:
+        parent.breaker.failed()
+        log.error("parent {parent} unreachable ({error}): skipped for {seconds:.0f} s",
+                  parent=parent.url, error=failure.getErrorMessage(),
+                  seconds=parent.breaker.back_off)
+        return self._next_parent(rest, target, headers)
+
+    def _after_parents(self, tiers: list[Callable], target, headers: dict[str, str]  # type: ignore[no-untyped-def]
+                       ) -> defer.Deferred:
+        if not tiers:
+            d = self.upstream.request("GET", target.url, headers)
+            return d.addCallback(_labelled, UPSTREAM)
+        d = defer.maybeDeferred(tiers[0], target, headers)
+        d.addErrback(lambda f: log.failure("tier failed", f))
+
+        def answered(response):  # type: ignore[no-untyped-def]
+            return response if response is not None else \
+                self._after_parents(tiers[1:], target, headers)
+        return d.addCallback(answered)
+
+    def received(self, response, download) -> None:  # type: ignore[no-untyped-def]
+        """Count a fetched body's bytes under the tier it came from, once it ends whole."""
+        source = getattr(response, "source", UPSTREAM)
+
+        def ended(dl) -> None:  # type: ignore[no-untyped-def]
+            if dl.error is None:
+                self.stats.bytes[source] += dl.size
+                self.stats.fetches[source] += 1
+                if source in self.by_url:
+                    self.by_url[source].bytes += dl.size
+        download.on_finish(ended)
+
+    def describe(self) -> dict[str, Any]:
+        from_parents = sum(p.bytes for p in self.parents)
+        return {"parents": [parent.describe() for parent in self.parents],
+                "bytes": {"parents": from_parents,
+                          **{k: v for k, v in self.stats.bytes.items() if k not in self.by_url}},
+                "fetches": dict(self.stats.fetches)}
+
+    def close(self) -> defer.Deferred:
+        return defer.DeferredList([p.fetcher.close() for p in self.parents])
+
+
+def _labelled(response, source: str):  # type: ignore[no-untyped-def]
+    response.source = source
+    return response

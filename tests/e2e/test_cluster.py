@@ -1,0 +1,181 @@
+"""Many build hosts: two children and two parents, each a real ``cachegate serve``, in
+front of the recording fixture origin (the only fake)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from gateway.cache.keys import base_key
+from gateway.cache.rendezvous import ranked
+from tests.fixtures import make_blob
+from tests.http_client import fetch, raw_get
+from tests.processes import GatewayProcess, free_port
+
+HOST = "repo1.maven.org"
+TOKEN = "s3cret-cluster-token"
+
+
+def sleep(seconds: float) -> defer.Deferred:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+@defer.inlineCallbacks
+def api_stats(gw: GatewayProcess):  # type: ignore[no-untyped-def]
+    from twisted.web.client import Agent, readBody
+    response = yield Agent(reactor).request(
+        b"GET", f"http://127.0.0.1:{gw.admin_port}/api/stats".encode())
+    return json.loads((yield readBody(response)))
+
+
+def token_file(tmp: Path, token: str = TOKEN) -> Path:
+    path = tmp / f"token-{hashlib.sha256(token.encode()).hexdigest()[:8]}"
+    path.write_text(token + "\n")
+    return path
+
+
+class Fleet:
+    """Two parents listening for children, two children sending them their misses."""
+
+    def __init__(self, tmp: Path, origin_url: str, breaker_seconds: float = 5.0) -> None:
+        token = token_file(tmp)
+        self.cluster_ports = [free_port(), free_port()]
+        self.parent_urls = [f"http://127.0.0.1:{p}" for p in self.cluster_ports]
+        self.parents = [
+            GatewayProcess(self._dir(tmp, f"parent{i}"), origin_url,
+                           extra=f'[cluster]\nlisten = "127.0.0.1:{port}"\n'
+                                 f'token_file = "{token}"\n')
+            for i, port in enumerate(self.cluster_ports)]
+        parents = ", ".join(f'"{url}"' for url in self.parent_urls)
+        self.children = [
+            GatewayProcess(self._dir(tmp, f"child{i}"), origin_url,
+                           extra=f'[cluster]\nparents = [{parents}]\ntoken_file = "{token}"\n'
+                                 f"breaker_seconds = {breaker_seconds}\n")
+            for i in range(2)]
+
+    @staticmethod
+    def _dir(tmp: Path, name: str) -> Path:
+        (tmp / name).mkdir()
+        return tmp / name
+
+    @defer.inlineCallbacks
+    def ready(self):  # type: ignore[no-untyped-def]
+        for gw in self.parents + self.children:
+            yield gw.ready()
+        return self
+
+    def owner(self, path: str) -> int:
+        """The index of the parent that owns ``path`` (the children's rendezvous choice)."""
+        return self.parent_urls.index(ranked(base_key(HOST, path), self.parent_urls)[0])
+
+    def stop(self) -> None:
+        for gw in self.children + self.parents:
+            gw.stop()
+
+
+def blob(origin, path: str, size: int) -> str:  # type: ignore[no-untyped-def]
+    file = origin.root / "maven" / path.lstrip("/")
+    make_blob(file, size)
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_herd_over_two_children_makes_one_origin_request_and_a_dead_owner_costs_nothing(
+        origin, tmp_path):
+    fleet = yield Fleet(tmp_path, origin.url).ready()
+    try:
+        path = "/maven2/org/ex/cluster/1.0/cluster-1.0.jar"
+        expected = blob(origin, path, 4_000_000)
+        origin.behave("/maven" + path, slow_bytes_per_s=8_000_000)  # ~0.5 s: the herd overlaps
+        clients = []
+        for i in range(20):
+            clients.append(raw_get(fleet.children[i % 2].port, HOST, path, keep=False))
+        results = yield defer.gatherResults(clients)
+        for head, _, proto in results:
+            assert head.startswith("HTTP/1.1 200"), head
+            assert proto.body_length == 4_000_000 and proto.sha256 == expected
+        assert origin.count("/maven" + path) == 1
+        owner = fleet.owner(path)
+        for child in fleet.children:  # each child stored it, fetched from the owning parent
+            stats = yield api_stats(child)
+            tiers = stats["tiers"]
+            # (and the small 404 of the jar's .sha1, asked first for its digest)
+            assert 4_000_000 <= tiers["bytes"]["parents"] < 4_001_000, tiers
+            assert tiers["bytes"].get("upstream", 0) == 0, tiers
+            assert tiers["parents"][owner]["bytes"] >= 4_000_000, tiers
+            hit = yield fetch(child.port, HOST, path)
+            assert hit.headers["x-cache"] == "HIT" and hit.sha256 == expected
+
+        # The owner of the next object dies: its children go to the other parent.
+        path2 = "/maven2/org/ex/cluster/2.0/cluster-2.0.jar"
+        expected2 = blob(origin, path2, 300_000)
+        dead = fleet.owner(path2)
+        fleet.parents[dead].kill()
+        replies = yield defer.gatherResults([fetch(child.port, HOST, path2)
+                                             for child in fleet.children])
+        assert [r.status for r in replies] == [200, 200]
+        assert all(r.sha256 == expected2 for r in replies)
+        assert origin.count("/maven" + path2) == 1, "the surviving parent's one fetch"
+        for child in fleet.children:
+            tiers = (yield api_stats(child))["tiers"]
+            assert tiers["parents"][dead]["state"] == "open", tiers
+            assert tiers["parents"][1 - dead]["bytes"] >= 300_000, tiers
+    finally:
+        fleet.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_with_every_parent_stopped_builds_pass_with_one_failed_connect_per_breaker_period(
+        origin, tmp_path):
+    fleet = yield Fleet(tmp_path, origin.url, breaker_seconds=3600).ready()
+    try:
+        for parent in fleet.parents:
+            parent.stop()
+        child = fleet.children[0]
+        paths = [f"/maven2/org/ex/down/{i}.0/down-{i}.0.jar" for i in range(6)]
+        sums = [blob(origin, path, 50_000 + i) for i, path in enumerate(paths)]
+        for path, expected in zip(paths, sums):
+            reply = yield fetch(child.port, HOST, path)
+            assert reply.status == 200 and reply.sha256 == expected
+            assert origin.count("/maven" + path) == 1
+        tiers = (yield api_stats(child))["tiers"]
+        assert [p["failures"] for p in tiers["parents"]] == [1, 1], tiers
+        assert [p["state"] for p in tiers["parents"]] == ["open", "open"], tiers
+        assert tiers["bytes"]["upstream"] >= sum(50_000 + i for i in range(6)), tiers
+        assert tiers["bytes"].get("parents", 0) == 0, tiers
+    finally:
+        fleet.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_parent_refuses_a_wrong_token_and_hosts_outside_the_catalogue(origin, tmp_path):
+    fleet = Fleet(tmp_path, origin.url)
+    parent = fleet.parents[0]
+    fleet.parents[1].proc.terminate()
+    for child in fleet.children:
+        child.proc.terminate()
+    yield parent.ready()
+    try:
+        path = "/maven2/org/ex/token/1.0/token-1.0.jar"
+        expected = blob(origin, path, 20_000)
+        port = fleet.cluster_ports[0]
+        wrong = yield fetch(port, HOST, path, {"proxy-authorization": "Bearer guessed"},
+                            proxy=True)
+        assert wrong.status == 403
+        none = yield fetch(port, HOST, path, proxy=True)
+        assert none.status == 403
+        assert origin.count("/maven" + path) == 0
+        right = yield fetch(port, HOST, path, {"proxy-authorization": f"Bearer {TOKEN}"},
+                            proxy=True)
+        assert right.status == 200 and right.sha256 == expected
+        other = yield fetch(port, "example.com", "/", {"proxy-authorization": f"Bearer {TOKEN}"},
+                            proxy=True)
+        assert other.status == 403, "never an open proxy"
+        stats = yield api_stats(parent)
+        assert stats["tiers"]["children_refused"] == 2
+    finally:
+        fleet.stop()
