@@ -286,6 +286,8 @@ class AdminAPI:
         for problem in dropped:
             log.warn("cache verify: dropped {url}: {reason}", url=problem.entry.meta.url,
                      reason=problem.reason)
+            self.top.gateway.flights.events.integrity_failure(problem.entry.meta.ecosystem,
+                                                              "stored")
         return verify.report(checked, size, dropped)
 
     def put_upstream(self, name: str, table: Any) -> dict[str, Any]:

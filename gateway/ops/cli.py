@@ -506,7 +506,7 @@ def format_stats(doc: dict[str, Any], width: int | None = STATS_WIDTH) -> str:
         + (f" ({percent(total['bytes_from_cache'] / served)} of bytes saved)" if served else ""),
         f"cache: {cache['objects']} objects, "
         f"{human_bytes(sum(e['bytes'] for e in cache['ecosystems'].values()))} stored "
-        f"(bodies); on disk {human_bytes(cache['bytes'])} of {human_bytes(cache['limit'])}; "
+        f"(bodies); on disk {human_bytes(cache['bytes'])} of {human_bytes(cache['limit'])}",
         f"downloads in progress: {doc['downloads']['active']}",
         *_integrity_line(doc),
         *_workers_line(doc),

@@ -184,3 +184,21 @@ def test_relayed_requests_count_as_upstream_requests_and_errors(bare_origin, adm
     assert s[("cachegate_upstream_errors_total", (("ecosystem", "alpine"),
                                                   ("kind", "connect")))] == 1
     assert s[("cachegate_upstream_fetch_duration_seconds_count", (("ecosystem", "alpine"),))] == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_body_damaged_on_disk_counts_as_a_stored_integrity_failure(bare_origin,
+                                                                     admin_gateway):
+    gw = admin_gateway(bare_origin.url)
+    wheel, _ = yield serve_two(bare_origin, gw)
+    entry = next(e for e in gw.store.entries() if e.meta.ecosystem == "pypi")
+    with open(entry.path, "r+b") as body:  # same length, one byte changed
+        body.seek(100)
+        body.write(bytes([wheel[100] ^ 0xFF]))
+    reply = yield admin(gw, "POST", "/api/cache/verify")
+    assert reply.status == 200
+    s = yield scrape(gw)
+    assert s[("cachegate_integrity_failures_total", (("ecosystem", "pypi"),
+                                                     ("stage", "stored")))] == 1
+    assert s[("cachegate_integrity_failures_total", (("ecosystem", "alpine"),
+                                                     ("stage", "stored")))] == 0
