@@ -37,6 +37,7 @@ from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.client import readBody
 from twisted.web.resource import Resource
 
 from gateway.cache.stats import FROM_CACHE, Stats
@@ -160,7 +161,6 @@ class WorkerPool(service.Service):
 
     @defer.inlineCallbacks
     def _ask(self, state: WorkerState):  # type: ignore[no-untyped-def]
-        from twisted.web.client import readBody
         owners = self.top.gateway.owners
         assert owners is not None
         response = yield owners.fetcher.request(
@@ -175,6 +175,7 @@ class WorkerPool(service.Service):
             if state.pid:
                 d = owners.fetcher.request("POST", owners.url(state.index, path),
                                            {"host": CONTROL_HOST})
+                d.addCallback(readBody)  # frees the connection for the next question
                 d.addErrback(lambda f, i=state.index: log.error(
                     "worker {index} missed {path}: {error}", index=i, path=path,
                     error=f.getErrorMessage()))
