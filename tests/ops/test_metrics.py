@@ -9,6 +9,7 @@ import subprocess
 
 import pytest_twisted
 from dnslib import DNSRecord
+from OpenSSL import SSL
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, error, reactor, threads
 from twisted.python.failure import Failure
@@ -50,6 +51,8 @@ def test_failure_kinds_see_through_the_http_clients_wrapping():
     assert failure_kind(Failure(ResponseNeverReceived([Failure(error.ConnectionLost())]))) \
         == "reset"
     assert failure_kind(Failure(defer.TimeoutError())) == "timeout"
+    tls = Failure(SSL.Error([("SSL routines", "", "certificate verify failed")]))
+    assert failure_kind(Failure(ResponseNeverReceived([tls]))) == "tls"
     assert failure_kind(Failure(KeyError("?"))) == "other"
     events = EngineEvents()
     events.upstream_error("pypi", "made-up")
