@@ -25,7 +25,7 @@ from tests.fixtures import counter_bytes, put_object
 from tests.http_client import fetch
 
 RULES_FILE = Path(__file__).resolve().parents[2] / "gateway" / "ops" / "monitoring" / RULES
-WINDOW = "20s"  # the PromQL window; the test waits past it after the warm-up
+WINDOW = "10s"  # the PromQL window; the test waits past it after the warm-up
 SCRAPE = "1s"
 HITS = '{label=~"HIT|REVALIDATED|STALE"}'
 
@@ -128,7 +128,7 @@ def test_prometheus_answers_hit_ratio_and_p99_of_the_requests_made(bare_origin, 
     # would lose its first increment to increase()).
     yield serve_two(bare_origin, gw)  # pypi MISS, HIT; alpine MISS
     yield until(prom, 'sum(cachegate_requests_total{ecosystem="pypi"})', 2)
-    yield task.deferLater(reactor, 22, lambda: None)  # the warm-up falls out of the window
+    yield task.deferLater(reactor, 12, lambda: None)  # the warm-up falls out of the window
     # Measured: 8 hits and 2 misses, one of them held up 1 s by the origin.
     slow = "/packages/source/s/slow/slow-1.0.tar.gz"
     quick = "/packages/source/q/quick/quick-1.0.tar.gz"
