@@ -11,7 +11,7 @@ import pytest_twisted
 from dnslib import DNSRecord
 from OpenSSL import SSL
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, error, reactor, threads
+from twisted.internet import defer, error, reactor, task, threads
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
 
@@ -205,3 +205,23 @@ def test_a_body_damaged_on_disk_counts_as_a_stored_integrity_failure(bare_origin
                                                      ("stage", "stored")))] == 1
     assert s[("cachegate_integrity_failures_total", (("ecosystem", "alpine"),
                                                      ("stage", "stored")))] == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_evictions_are_counted(bare_origin, start_gateway):
+    """Four 400 kB objects under a 1.3 MB limit (the index counts too): each object
+    evicted is counted (the series reads this)."""
+    names = [f"/maven2/org/ex/ev/1.0/ev-{i}.jar" for i in range(4)]
+    for i, name in enumerate(names):
+        put_object(bare_origin.root, "maven", name, counter_bytes(400_000, bytes([i])))
+    gw = start_gateway(bare_origin.url, size_limit=1_300_000)
+    for name in names[:3]:
+        yield fetch(gw.port, "repo1.maven.org", name)
+    assert gw.store.evictions == 0
+    yield fetch(gw.port, "repo1.maven.org", names[3])
+    for _ in range(50):  # committed when the body ends, after the response
+        if gw.store.evictions:
+            break
+        yield task.deferLater(reactor, 0.05, lambda: None)
+    assert gw.store.evictions >= 1
+    assert len(list(gw.store.entries())) == 4 - gw.store.evictions
