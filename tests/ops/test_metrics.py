@@ -209,8 +209,8 @@ def test_a_body_damaged_on_disk_counts_as_a_stored_integrity_failure(bare_origin
 
 @pytest_twisted.inlineCallbacks
 def test_evictions_are_counted(bare_origin, start_gateway):
-    """Four 400 kB objects under a 1.3 MB limit (the index counts too): each object
-    evicted is counted (the series reads this)."""
+    """Four 400 kB objects under a 1.3 MB limit (the index counts too): the jars gone
+    from the store are among the evictions counted (the series reads the count)."""
     names = [f"/maven2/org/ex/ev/1.0/ev-{i}.jar" for i in range(4)]
     for i, name in enumerate(names):
         put_object(bare_origin.root, "maven", name, counter_bytes(400_000, bytes([i])))
@@ -223,5 +223,5 @@ def test_evictions_are_counted(bare_origin, start_gateway):
         if gw.store.evictions:
             break
         yield task.deferLater(reactor, 0.05, lambda: None)
-    assert gw.store.evictions >= 1
-    assert len(list(gw.store.entries())) == 4 - gw.store.evictions
+    jars = [e for e in gw.store.entries() if e.key.endswith(".jar")]  # (.sha1s besides)
+    assert 1 <= 4 - len(jars) <= gw.store.evictions
