@@ -18,7 +18,7 @@ from gateway.ops.activity import Activity
 from gateway.addresses import (advertised_ipv4, forwarding_guard, listen_addresses,
                                own_address_guard)
 from gateway.ops.admin import AdminService
-from gateway.cache.rules import Upstream, find_upstream
+from gateway.cache.rules import Rule, Upstream, find_upstream
 from gateway.config import Config
 from gateway.cache.fetcher import Fetcher
 from gateway.cache.flight import Flights
@@ -31,6 +31,7 @@ from gateway.front.registry import MirrorResource, MirrorSite, RegistryClient, R
 from gateway.front.proxy import ProxyFactory, proxy_context
 from gateway.cache.stats import Stats
 from gateway.cache.store import Store
+from gateway.cache.s3 import S3Tier
 from gateway.cache.tiers import Tiers
 from gateway.ops.upstream_edits import with_saved_edits
 from tls.ca import permitted_domains
@@ -86,6 +87,12 @@ class GatewayService(service.MultiService):
                           partial(watch_progress, reactor))
         flights.integrity.on_drift = config.cache.on_drift
         self.tiers = flights.tiers = cluster_tiers(config, reactor, self.fetcher)
+        self.s3 = s3_tier(config, reactor, self.store, self.rule_for)
+        if self.s3 is not None:  # read through after the parents, write behind every commit
+            if self.tiers is None:
+                self.tiers = flights.tiers = Tiers(reactor, self.fetcher, [], "")
+            self.tiers.before_upstream.append(self.s3.lookup)
+            flights.on_commit = self.s3.committed
         self.gateway = Gateway(reactor, config, self.store, flights, self.stats,
                                self.ca.cert_pem(), access_log,
                                self.foreign_fetcher if config.server.proxy_port else None)
@@ -114,11 +121,23 @@ class GatewayService(service.MultiService):
         """What relays ``client``'s request for a host outside the catalogue."""
         return self.fetcher if ipaddress.ip_address(client).is_loopback else self.remote_fetcher
 
+    def rule_for(self, url: str) -> Rule | None:
+        """The catalogue's rule for a stored object's ``host/path`` (None: not ours)."""
+        host, _, path = url.partition("/")
+        upstream = find_upstream(self.config.upstreams, host)
+        return upstream.rule_for("/" + path) if upstream is not None else None
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        if self.s3 is not None:
+            self.s3.start()
+
     def tiers_state(self) -> dict:
         """The shared tiers' state: each parent's breaker and bytes, the S3 store's."""
         state: dict = {"parents": [], "bytes": {}, "fetches": {}}
         if self.tiers is not None:
             state.update(self.tiers.describe())
+        state["s3"] = self.s3.describe() if self.s3 is not None else None
         if self.cluster_site is not None:
             state["children_refused"] = self.cluster_site.resource.refused
         return state
@@ -174,6 +193,8 @@ class GatewayService(service.MultiService):
         d.addBoth(lambda _: self.remote_fetcher.close())
         if self.tiers is not None:
             d.addBoth(lambda _: self.tiers.close())
+        if self.s3 is not None:
+            d.addBoth(lambda _: self.s3.stop())
         d.addBoth(lambda _: self.store.close())
         return d
 
@@ -233,6 +254,16 @@ def client_ports(config: Config, addresses: list[str]) -> list[tuple[str, str, i
     if config.cluster.listen is not None:
         ports.append(("cluster", *config.cluster.listen))
     return ports
+
+
+def s3_tier(config: Config, reactor, store: Store,  # type: ignore[no-untyped-def]
+            rule_for) -> S3Tier | None:
+    """The shared object store (``[store.s3]``), when one is configured."""
+    s3 = config.s3
+    if not s3.endpoint:
+        return None
+    return S3Tier(reactor, store, s3.endpoint, s3.bucket, s3.prefix, s3.region,
+                  s3.credentials_file, s3.queue, s3.timeout, s3.breaker_seconds, rule_for)
 
 
 def cluster_tiers(config: Config, reactor, upstream: Fetcher) -> Tiers | None:  # type: ignore[no-untyped-def]
