@@ -14,7 +14,7 @@ from gateway.cache.keys import base_key
 from gateway.cache.rendezvous import ranked
 from tests.fixtures import make_blob
 from tests.http_client import fetch, raw_get
-from tests.processes import GatewayProcess, free_port
+from tests.processes import GatewayProcess, free_port, serve, toml_config
 
 HOST = "repo1.maven.org"
 TOKEN = "s3cret-cluster-token"
@@ -178,4 +178,52 @@ def test_a_parent_refuses_a_wrong_token_and_hosts_outside_the_catalogue(origin, 
         stats = yield api_stats(parent)
         assert stats["tiers"]["children_refused"] == 2
     finally:
+        fleet.stop()
+
+
+class RuledChild(GatewayProcess):
+    """A child whose Maven entry has a rule of its own (``rules`` in ``[upstreams.maven]``)."""
+
+    def __init__(self, tmp: Path, origin_url: str, cluster: str, rule: str) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        self.state_dir = tmp / "state"
+        self.config = tmp / f"cachegate-{self.port}.toml"
+        maven = f'[upstreams.maven]\norigin = "{origin_url}/maven"\nrules = [{rule}]\n'
+        self.config.write_text(toml_config(self.state_dir, self.port, origin_url,
+                                           ["debian", "pypi"], cluster + maven, 1,
+                                           self.admin_port))
+        self.proc = serve(self.config, tmp / f"gateway-{self.port}.log")
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_parent_never_makes_an_object_fresher_than_the_childs_rule(origin, tmp_path):
+    fleet = yield Fleet(tmp_path, origin.url).ready()
+    parents = ", ".join(f'"{url}"' for url in fleet.parent_urls)
+    cluster = f'[cluster]\nparents = [{parents}]\ntoken_file = "{token_file(tmp_path)}"\n'
+    strict = RuledChild(fleet._dir(tmp_path, "strict"), origin.url, cluster,
+                        r'{path = "/maven-metadata\\.xml$", policy = "revalidate", ttl = 2}')
+    young, old = (f"/maven2/org/ex/meta{i}/maven-metadata.xml" for i in (1, 2))
+    for path in (young, old):
+        file = origin.root / "maven" / path.lstrip("/")
+        file.parent.mkdir(parents=True)
+        file.write_text(f"<metadata><artifactId>{path}</artifactId></metadata>\n")
+    try:
+        yield strict.ready()
+        for path in (young, old):  # the owning parents store both
+            assert (yield fetch(fleet.children[0].port, HOST, path)).status == 200
+        labels = []
+        for _ in range(2):  # young at its parent: fresh here too
+            reply = yield fetch(strict.port, HOST, young)
+            labels.append(reply.headers["x-cache"])
+        assert labels == ["MISS", "HIT"]
+        yield sleep(3)  # the parent's copy of ``old`` is now older than this child's 2 s
+        labels = []
+        for _ in range(2):  # fresh for the parent's own rule, but stale at once here
+            reply = yield fetch(strict.port, HOST, old)
+            assert reply.status == 200
+            labels.append(reply.headers["x-cache"])
+        assert labels == ["MISS", "REVALIDATED"], labels
+        assert origin.count("/maven" + old) == 1, "the parent answered the revalidation"
+    finally:
+        strict.stop()
         fleet.stop()
