@@ -381,6 +381,9 @@ class ControlResource(Resource):
             request.setHeader("content-type", "application/json")
             return json.dumps({"stats": self.api.stats(store_figures=False),
                                "metrics": render(self.api.registry).decode()}).encode()
+        if request.path == b"/_cachegate/sessions" and request.method == b"POST":
+            self.top.gateway.sessions.reload()  # writes this worker's rows, then re-reads
+            return b"ok\n"
         if request.path == b"/_cachegate/upstreams" and request.method == b"POST":
             self.top.replace_upstreams(with_saved_edits(self.config).upstreams)
             return b"ok\n"

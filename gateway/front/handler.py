@@ -33,6 +33,8 @@ from gateway.cache.stats import Stats
 from gateway.cache.store import Entry, Store
 from gateway.front.fast_path import GatewayChannel, response_head
 from gateway.front.owners import HOP_HEADER, Owners, hop_headers
+from gateway.front.sessions import Replay, Sessions
+from gateway.cache.records import Records
 from gateway.cache.streaming import FileStreamer
 from gateway.cache.verify import body_problem
 from tls.context import sni_name
@@ -67,6 +69,13 @@ class Exchange:
     started: float
     gone: bool = False
     hop: bool = False  # another worker asking for a key this one owns (front/owners.py)
+    # What was served, for build records (front/sessions.py): the store key, the body's
+    # sha256 and size (or the download it streamed from), and the replay it is held to.
+    key: str = ""
+    sha256: str = ""
+    size: int = 0
+    download: object = None
+    replay: Replay | None = None
 
 
 class Gateway:
@@ -93,6 +102,7 @@ class Gateway:
         self._heads: dict[str, tuple[Entry, bytes]] = {}
         self.client_errors = LogBudget(reactor.seconds)  # bounds the warn lines they cost
         self.owners: Owners | None = None  # set in a worker process (gateway/workers.py)
+        self.sessions = Sessions(reactor, Records(store), config.sessions, store.worker)
 
     # -- routing ---------------------------------------------------------------------
 
@@ -108,6 +118,9 @@ class Gateway:
             return self._local(request, path)
         upstream = find_upstream(self.config.upstreams, host)
         if upstream is None:
+            if self.sessions.replay_for(_client(request)) is not None:
+                return self._error(request, 403, f"{host} is outside every record: hermetic "
+                                                 "replay serves only recorded URLs")
             if self.foreign is not None and getattr(request.channel, "proxy_client", False):
                 return self._forward(request, method, host, path)
             return self._error(request, 403, f"{host} is not a repository cachegate serves")
@@ -117,6 +130,10 @@ class Gateway:
         exchange.hop = exchange.headers.pop(HOP_HEADER, None) is not None and \
             getattr(request.channel, "internal", False)
         request.notifyFinish().addErrback(lambda _: setattr(exchange, "gone", True))
+        if self.sessions.replays and not exchange.hop:
+            exchange.replay = self.sessions.replay_for(_client(request))
+            if exchange.replay is not None:
+                return self._replay(exchange)
         if bypass_reason(method, exchange.headers, exchange.rule):
             return self._relay(exchange)
         self._lookup(exchange)
@@ -129,7 +146,7 @@ class Gateway:
         if route is None:
             return None
         host, path, upstream, rule, base = route
-        if bypass_reason(method, headers, rule):
+        if bypass_reason(method, headers, rule) or self.sessions.replay_for(client):
             return None
         entry = self.store.get(variant_key(base, self.store.vary(base), headers))
         if entry is None or entry.meta.length > SMALL_BODY or \
@@ -152,6 +169,9 @@ class Gateway:
         head = self._head(entry) + f"Age: {age}\r\n\r\n".encode()
         self._record(upstream.name, client, method, host, path, entry.meta.status, "HIT",
                      len(body), 0.0)
+        if self.sessions.open:
+            self.sessions.note(client, method, f"http://{host}{path}", entry.key, upstream, path,
+                               entry.meta.status, "HIT", entry.meta.sha256, entry.meta.length)
         return head + body
 
     def _route(self, raw_host: str, target: str) -> tuple | None:
@@ -224,8 +244,10 @@ class Gateway:
         self._error(request, 404, f"no stored object has sha256 {hex_digest}")
 
     def _lookup(self, ex: Exchange) -> None:
+        if ex.replay is not None:  # a recorded body gone (evicted, damaged): never a fetch
+            return self._replay(ex)
         base = base_key(ex.host, ex.path)
-        key = variant_key(base, self.store.vary(base), ex.headers)
+        key = ex.key = variant_key(base, self.store.vary(base), ex.headers)
         entry = self.store.get(key)
         if entry is not None and self._fresh(ex.upstream, ex.rule, ex.headers, entry):
             return self._serve_entry(ex, entry, "HIT")
@@ -239,6 +261,31 @@ class Gateway:
         if owner is not None:
             return self._via_owner(ex, target, entry, owner)
         self._obtain(ex, target, entry)
+
+    def _replay(self, ex: Exchange) -> None:
+        """Hermetic replay: what the replayed record lists, with its recorded bytes (found
+        by sha256 in the content index), indexes included; anything else is refused and
+        nothing goes upstream."""
+        replay = ex.replay
+        assert replay is not None
+        base = base_key(ex.host, ex.path)
+        url = _url(ex.request, ex.host, ex.path)
+        recorded = replay.lookup(base, variant_key(base, self.store.vary(base), ex.headers))
+        source = replay.source
+        where = f"session {source.id}" + (f" ({source.name})" if source.name else "")
+        if recorded is None:
+            return self._error(ex.request, 403, f"{url} is not in the record of {where}, "
+                               f"replayed by session {replay.session.id}", ex)
+        if not recorded.sha256:
+            return self._error(ex.request, 403, f"{url} was not recorded with a body in "
+                               f"{where} ({recorded.source}, {recorded.status}), replayed by "
+                               f"session {replay.session.id}", ex)
+        for entry in self.store.find_sha256(recorded.sha256):
+            if os.path.exists(entry.path):
+                ex.key = entry.key
+                return self._serve_entry(ex, entry, "REPLAY")
+        self._error(ex.request, 404, f"{url} (sha256 {recorded.sha256}), recorded in {where}, "
+                    f"is not in the store: import it (cachegate import) to replay", ex)
 
     def _obtain(self, ex: Exchange, target: Target, stale: Entry | None) -> None:
         d = self.flights.obtain(target, stale)
@@ -343,6 +390,7 @@ class Gateway:
         except FileNotFoundError:  # evicted between lookup and open
             self.store.delete(entry.key)
             return self._lookup(ex)
+        ex.key, ex.sha256, ex.size = entry.key, meta.sha256, meta.length
         request = ex.request
         request.setResponseCode(meta.status)
         _replay_headers(request, meta.headers)
@@ -381,6 +429,7 @@ class Gateway:
             fd = download.open_reader()
         except AssertionError:  # finished between join and now: look again
             return self._lookup(ex)
+        ex.download = download
         request = ex.request
         request.setResponseCode(outcome.status)
         _replay_headers(request, outcome.headers)
@@ -483,8 +532,23 @@ class Gateway:
             return self.access_log.write("hop", ex.method, ex.host + ex.path, status, label,
                                          sent, int((self.reactor.seconds() - ex.started) * 1000),
                                          complete)
+        if self.sessions.open:
+            self._note(ex, status, label, complete)
         self._record(ex.upstream.name, _client(ex.request), ex.method, ex.host, ex.path, status,
                      label, sent, self.reactor.seconds() - ex.started, complete)
+
+    def _note(self, ex: Exchange, status: int, label: str, complete: bool) -> None:
+        """A build record's row: the object served whole, by sha256 (none when the
+        client left early or nothing stored was served)."""
+        sha256, size, download = ex.sha256, ex.size, ex.download
+        if download is not None:
+            done = getattr(download, "done", False)
+            sha256, size = (download.sha256.hexdigest(), download.size) if done else ("", 0)
+        if not complete:
+            sha256 = ""
+        self.sessions.note(_client(ex.request), ex.method, _url(ex.request, ex.host, ex.path),
+                           ex.key or base_key(ex.host, ex.path), ex.upstream, ex.path, status,
+                           label, sha256, size)
 
     def _record(self, ecosystem: str, client: str, method: str, host: str, path: str,
                 status: int, label: str, sent: int, seconds: float,
@@ -514,6 +578,10 @@ def _printable(raw: bytes, limit: int = 200) -> str:
 # What a hop leaves to the asking worker: it serves ranges and 304s from the relayed body.
 _ANSWERED_HERE = frozenset({"range", "if-range", "if-none-match", "if-modified-since",
                             "if-match", "if-unmodified-since"})
+
+
+def _url(request: server.Request, host: str, path: str) -> str:
+    return f"{'https' if request.isSecure() else 'http'}://{host}{path}"
 
 
 def _client(request: server.Request) -> str:

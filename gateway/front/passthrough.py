@@ -208,6 +208,13 @@ class PeekProtocol(ClientSide):
         self.name = name if isinstance(name, str) else None
         if self.name and self.factory.top.has_name(self.name) and \
                 (self.client, self.name) in self.factory.untrusted:
+            if self.factory.top.gateway.sessions.replay_for(self.client) is not None:
+                # A tunnel would bypass the record being replayed: refused, never opened.
+                log.warn("https: {client} is in a replayed session: no passthrough to "
+                         "{name} (it must trust the cachegate CA)", client=self.client,
+                         name=self.name)
+                self._hand_over()
+                return
             self._open_tunnel()
         else:
             self._hand_over()

@@ -64,6 +64,7 @@ from gateway.cache.store import MODE_OBJECT, Entry, PinRefused, Store
 from gateway.ops.prefetch import Prefetcher, WarmError
 from gateway.ops.upstream_edits import apply_edits, describe, load_edits, save_edits
 from tls.ca import missing_domains, permitted_domains
+from gateway.ops.sessions import SessionService, admin_routes
 
 log = Logger()
 
@@ -140,6 +141,7 @@ class AdminAPI:
         self.prefetcher = Prefetcher(top, reactor)
         self.registry = metrics_registry(self.stats, self.live)
         self.history = History(reactor.seconds)  # the status page's last hour
+        self.sessions = SessionService(top, reactor)  # build records (ops/sessions.py)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -460,6 +462,9 @@ class AdminResource(Resource):
 
     def _routes(self, path: str) -> dict[str, Callable]:
         api = self.api
+        sessions = admin_routes(api.sessions, path, _body_json)
+        if sessions is not None:
+            return sessions
         if path.startswith("/api/upstreams/"):
             name = unquote(path[len("/api/upstreams/"):])
             return {"GET": lambda r, q: self._upstream(name),

@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     trust.add_parser(commands)
     images_setup.add_parser(commands)
-    from gateway.ops import warm
+    from gateway.ops import sessions, warm
     warm.add_parsers(commands)
+    sessions.add_parsers(commands)
     commands.add_parser("serve", help="run the gateway in the foreground",
                         description="Run every listener until SIGTERM/SIGINT; tell systemd "
                                     "when ready (Type=notify).")
@@ -187,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("warm", "pin"):
             from gateway.ops import warm
             return warm.run(args, config)
+        if args.command in ("session", "export", "import"):
+            from gateway.ops import sessions
+            return sessions.run(args, config)
         return COMMANDS[args.command](config, args)
     except (ConfigError, CAError, CliError, GatewayDown, ApiFailure) as e:
         if args.debug:
