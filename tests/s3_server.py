@@ -44,15 +44,18 @@ class S3Server:
 
     def _bucket(self) -> None:
         """Create the bucket once the server takes requests (its S3 port opens early)."""
-        client = self.client()
+        from gateway.cache.s3 import make_client
+        client = make_client(self.endpoint, "us-east-1", str(self.credentials), 30.0)
         deadline = time.monotonic() + 60
         while True:
             try:
-                client.create_bucket(Bucket=BUCKET)
+                if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+                    client.create_bucket(Bucket=BUCKET)
+                # The first write allocates volumes (seconds): done here, not in a test.
+                client.put_object(Bucket=BUCKET, Key="warm-up", Body=b"warm")
+                client.delete_object(Bucket=BUCKET, Key="warm-up")
                 return
             except Exception as e:  # noqa: BLE001 - not up yet
-                if "BucketAlreadyOwnedByYou" in str(e) or "BucketAlreadyExists" in str(e):
-                    return
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise RuntimeError(f"SeaweedFS did not start: {e}") from None
                 time.sleep(0.2)

@@ -66,7 +66,9 @@ def run_checks(s: Situation) -> list[Check]:
     checks = [*check_addresses(s), *check_ports(s), *check_dns(s), check_https(s),
               check_trust(s), check_clients_trust(s), check_docker(s),
               check_registry_mirror(s), check_trusted_images(s.config)]
-    return checks + [check_workers(s), check_integrity(s)] + check_upstreams(s)
+    from gateway.ops.tier_checks import check_tiers
+    return checks + [check_workers(s), check_integrity(s)] + check_upstreams(s) + \
+        check_tiers(s.config, s.timeout)
 
 
 def check_workers(s: Situation) -> Check:

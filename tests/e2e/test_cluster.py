@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 
 from gateway.cache.keys import base_key
 from gateway.cache.rendezvous import ranked
@@ -226,4 +226,30 @@ def test_a_parent_never_makes_an_object_fresher_than_the_childs_rule(origin, tmp
         assert origin.count("/maven" + old) == 1, "the parent answered the revalidation"
     finally:
         strict.stop()
+        fleet.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_doctor_checks_each_parent_for_reach_and_token(origin, tmp_path):
+    from dataclasses import replace
+
+    from gateway.config import ClusterConfig, Config
+    from gateway.ops.tier_checks import check_parent
+    fleet = Fleet(tmp_path, origin.url)
+    for gw in fleet.children + fleet.parents[1:]:
+        gw.proc.terminate()
+    yield fleet.parents[0].ready()
+    try:
+        live, dead = fleet.parent_urls
+        good = replace(Config(), cluster=ClusterConfig(parents=(live, dead),
+                                                       token_file=str(token_file(tmp_path))))
+        bad = replace(good, cluster=replace(good.cluster,
+                                            token_file=str(token_file(tmp_path, "other"))))
+        checks = yield threads.deferToThread(
+            lambda: [check_parent(good, live, 2.0), check_parent(bad, live, 2.0),
+                     check_parent(good, dead, 2.0)])
+        assert [c.ok for c in checks] == [True, False, False], checks
+        assert "token accepted" in checks[0].detail
+        assert "403" in checks[1].detail and "unreachable" in checks[2].detail
+    finally:
         fleet.stop()

@@ -127,3 +127,20 @@ def test_the_write_behind_queue_stays_bounded_under_a_burst(origin, s3, tmp_path
         assert state["uploaded"] <= 12 - state["dropped"]
     finally:
         gw.stop()
+
+
+def test_doctor_checks_the_bucket_with_a_test_write(s3):
+    from dataclasses import replace
+
+    from gateway.config import Config, S3Config
+    from gateway.ops.tier_checks import check_s3
+    config = replace(Config(), s3=S3Config(endpoint=s3.endpoint, bucket="cachegate-test",
+                                           credentials_file=str(s3.credentials)))
+    assert check_s3(config, 2.0).ok is True
+    assert s3.keys("cachegate/doctor/") == [], "the test object is deleted"
+    missing = check_s3(replace(config, s3=replace(config.s3, bucket="no-such-bucket")), 2.0)
+    assert missing.ok is False
+    s3.stop()
+    down = check_s3(config, 2.0)
+    assert down.ok is False and "upstream serves" in down.fix
+    assert check_s3(Config(), 2.0).ok is None
