@@ -21,6 +21,7 @@ from typing import Any
 from gateway.ops.history import LABELS, History
 from gateway.ops.humanize import human_bytes, human_duration, percent
 from gateway.ops.plots import Line, plot
+from gateway.ops.tier_status import tiers_section
 
 REFRESH = 10
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -74,6 +75,7 @@ def render_status(doc: dict[str, Any], now: float | None = None,
         _summary(doc),
         _plots(history, history.clock() if history is not None else now),
         _ecosystems(doc),
+        tiers_section(doc),
         _recent(doc["recent"], now),
         _setup(doc),
         "</body></html>\n",

@@ -147,6 +147,11 @@ def test_with_every_parent_stopped_builds_pass_with_one_failed_connect_per_break
         assert [p["state"] for p in tiers["parents"]] == ["open", "open"], tiers
         assert tiers["bytes"]["upstream"] >= sum(50_000 + i for i in range(6)), tiers
         assert tiers["bytes"].get("parents", 0) == 0, tiers
+        from twisted.web.client import Agent, readBody
+        page = yield Agent(reactor).request(b"GET", f"http://127.0.0.1:{child.admin_port}/"
+                                            .encode())
+        html = (yield readBody(page)).decode()
+        assert html.count('data-tier="parent" data-state="open"') == 2, html
     finally:
         fleet.stop()
 

@@ -107,6 +107,10 @@ def test_with_s3_stopped_the_upstream_serves_and_the_breaker_opens(origin, s3, t
             assert origin.count("/maven" + path) == 1
         state = yield s3_state(gw)
         assert state["state"] == "open" and state["errors"] == 1, state
+        from twisted.web.client import Agent, readBody
+        page = yield Agent(reactor).request(b"GET", f"http://127.0.0.1:{gw.admin_port}/"
+                                            .encode())
+        assert 'data-tier="s3" data-state="open"' in (yield readBody(page)).decode()
     finally:
         gw.stop()
 

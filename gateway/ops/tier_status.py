@@ -1,0 +1,38 @@
+"""The status page's "Shared tiers" section: each parent's breaker and the bytes it sent,
+the S3 store's breaker and write-behind queue (``/api/stats`` ``tiers``)."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from gateway.ops.humanize import human_bytes
+
+
+def tiers_section(doc: dict[str, Any]) -> str:
+    tiers = doc.get("tiers") or {}
+    parents, s3 = tiers.get("parents") or [], tiers.get("s3")
+    if not parents and not s3:
+        return ""
+    rows = [_row("parent", p["parent"], p, f'{p["requests"]} requests, '
+                 f'{human_bytes(p["bytes"])} received, {p["refused"]} refused')
+            for p in parents]
+    if s3:
+        rows.append(_row("s3", f'{s3["endpoint"]}/{s3["bucket"]}', s3,
+                         f'{s3["hits"]} hits, {s3["misses"]} misses; {s3["uploaded"]} '
+                         f'uploaded, {s3["present"]} already there, {s3["queued"]} queued '
+                         f'(of {s3["queue_limit"]}), {s3["dropped"]} dropped'))
+    from_upstream = tiers.get("bytes", {}).get("upstream", 0)
+    return ("<h2>Shared tiers</h2><p class=sub>misses go to the parent that owns the key, "
+            "then S3, then the upstream; a tier whose breaker is open is skipped. "
+            f"Fetched from upstreams here: {human_bytes(from_upstream)}</p>"
+            "<table id=tiers><tr><th>tier</th><th>where</th><th>state</th><th>failures</th>"
+            "<th>figures</th></tr>" + "".join(rows) + "</table>")
+
+
+def _row(kind: str, where: str, state: dict[str, Any], figures: str) -> str:
+    shown = state["state"] + (f' (probe in {state["retry_in"]:.0f} s)'
+                              if state["state"] == "open" else "")
+    return (f'<tr data-tier="{kind}" data-state="{escape(state["state"])}"><td>{kind}</td>'
+            f"<td>{escape(where)}</td><td>{escape(shown)}</td>"
+            f'<td class=num>{state["failures"]}</td><td>{escape(figures)}</td></tr>')
