@@ -100,7 +100,8 @@ class GatewayService(service.MultiService):
         self.cluster_site: ClusterSite | None = None
         if config.cluster.listen is not None:  # a parent: children's misses come here
             self.cluster_site = ClusterSite(
-                ClusterResource(self.gateway, read_token(config.cluster.token_file)),
+                ClusterResource(self.gateway, read_token(config.cluster.token_file),
+                                instance_name(config)),
                 timeout=CLIENT_IDLE_TIMEOUT)
         self.mirror: RegistryMirror | None = None
         if config.images.listen is not None:
@@ -273,7 +274,20 @@ def cluster_tiers(config: Config, reactor, upstream: Fetcher) -> Tiers | None:  
         return None
     return Tiers.from_urls(reactor, upstream, cluster.parents, read_token(cluster.token_file),
                            cluster.connect_timeout, config.cache.idle_timeout,
-                           cluster.breaker_seconds)
+                           cluster.breaker_seconds, instance_name(config))
+
+
+def instance_name(config: Config) -> str:
+    """This gateway's name among the fleet, the same in each of its worker processes: its
+    host and state directory (``tiers.INSTANCE_HEADER``)."""
+    import hashlib
+    import socket
+    try:
+        machine = open("/etc/machine-id").read().strip()
+    except OSError:
+        machine = ""
+    seed = f"{socket.gethostname()}\n{machine}\n{config.server.state_dir.resolve()}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:16]
 
 
 class MirrorListener(service.Service):

@@ -37,6 +37,10 @@ from gateway.cache.rendezvous import ranked
 log = Logger()
 
 TOKEN_HEADER = "proxy-authorization"
+# Names the asking gateway (the same in all its worker processes): a parent that finds its
+# own name there is the asker itself (one config file shared by the whole fleet lists every
+# host as a parent), and answers 508 instead of joining its own flight forever.
+INSTANCE_HEADER = "x-cachegate-child"
 UPSTREAM = "upstream"
 # Idle connections kept to each parent: a build's burst of misses reuses them.
 PARENT_CONNECTIONS = 32
@@ -56,10 +60,11 @@ class Parent:
     requests: int = 0
     bytes: int = 0
     refusals: int = 0  # 403s: our token is not theirs
+    itself: bool = False  # this gateway's own cluster port: never asked again
 
     def describe(self) -> dict[str, Any]:
         return {"parent": self.url, **self.breaker.describe(), "requests": self.requests,
-                "bytes": self.bytes, "refused": self.refusals}
+                "bytes": self.bytes, "refused": self.refusals, "itself": self.itself}
 
 
 @dataclass
@@ -92,8 +97,9 @@ class Tiers:
     """The shared tiers in front of the upstream, asked in order for one flight's fetch."""
 
     def __init__(self, reactor, upstream: Fetcher, parents: list[Parent],  # type: ignore[no-untyped-def]
-                 token: str) -> None:
+                 token: str, instance: str = "") -> None:
         self.reactor, self.upstream, self.parents, self.token = reactor, upstream, parents, token
+        self.instance = instance
         self.by_url = {parent.url: parent for parent in parents}
         self.stats = TierStats()
         # Further tiers between the parents and the upstream (the S3 store): called with
@@ -103,10 +109,10 @@ class Tiers:
     @classmethod
     def from_urls(cls, reactor, upstream: Fetcher, urls: tuple[str, ...],  # type: ignore[no-untyped-def]
                   token: str, connect_timeout: float, idle_timeout: float,
-                  breaker_seconds: float) -> "Tiers":
+                  breaker_seconds: float, instance: str = "") -> "Tiers":
         parents = [Parent(url, parent_fetcher(reactor, url, connect_timeout, idle_timeout),
                           Breaker(reactor.seconds, breaker_seconds)) for url in urls]
-        return cls(reactor, upstream, parents, token)
+        return cls(reactor, upstream, parents, token, instance)
 
     def request(self, target, headers: dict[str, str]) -> defer.Deferred:  # type: ignore[no-untyped-def]
         """The response for ``target`` (a flight's ``Target``), from the first tier that
@@ -116,12 +122,12 @@ class Tiers:
 
     def _next_parent(self, order: list[Parent], target, headers: dict[str, str]  # type: ignore[no-untyped-def]
                      ) -> defer.Deferred:
-        while order and not order[0].breaker.allow():
+        while order and (order[0].itself or not order[0].breaker.allow()):
             order = order[1:]
         if not order:
             return self._after_parents(list(self.before_upstream), target, headers)
         parent, rest = order[0], order[1:]
-        sent = {**headers, TOKEN_HEADER: bearer(self.token)}
+        sent = {**headers, TOKEN_HEADER: bearer(self.token), INSTANCE_HEADER: self.instance}
         parent.requests += 1
         d = parent.fetcher.request("GET", f"http://{target.host}{target.path}", sent)
         d.addCallbacks(self._parent_answered, self._parent_failed,
@@ -132,6 +138,10 @@ class Tiers:
     def _parent_answered(self, response, parent: Parent, rest: list[Parent], target,  # type: ignore[no-untyped-def]
                          headers: dict[str, str]):
         own_error = response.code >= 500 and "x-cache" not in header_dict(response.headers)
+        if response.code == 508 and own_error:
+            parent.itself = True
+            log.info("parent {parent} is this gateway itself: not asked again",
+                     parent=parent.url)
         if response.code in (403, 407) or own_error:
             response.deliverBody(_Discard())
             parent.breaker.succeeded()  # it answered: alive

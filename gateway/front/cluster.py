@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
-from gateway.cache.tiers import TOKEN_HEADER, bearer
+from gateway.cache.tiers import INSTANCE_HEADER, TOKEN_HEADER, bearer
 from gateway.front.handler import Gateway
 
 log = Logger()
@@ -40,9 +40,9 @@ class ClusterChannel(http.HTTPChannel):
 class ClusterResource(Resource):
     isLeaf = True
 
-    def __init__(self, gateway: Gateway, token: str) -> None:
+    def __init__(self, gateway: Gateway, token: str, instance: str = "") -> None:
         super().__init__()
-        self.gateway = gateway
+        self.gateway, self.instance = gateway, instance
         self.expected = bearer(token).encode()
         self.refused = 0
 
@@ -56,6 +56,11 @@ class ClusterResource(Resource):
             self.gateway._error(request, 403, "a cluster port needs the cluster token")
             return server.NOT_DONE_YET
         request.requestHeaders.removeHeader(TOKEN_HEADER.encode())
+        asker = request.requestHeaders.getRawHeaders(INSTANCE_HEADER.encode()) or [b""]
+        request.requestHeaders.removeHeader(INSTANCE_HEADER.encode())
+        if self.instance and asker[0].decode("latin-1") == self.instance:
+            self.gateway._error(request, 508, "this gateway is its own parent: skipped")
+            return server.NOT_DONE_YET
         if not request.uri.startswith((b"http://", b"HTTP://")):
             self.gateway._error(request, 400, "a cluster request is absolute-form")
             return server.NOT_DONE_YET

@@ -258,3 +258,26 @@ def test_doctor_checks_each_parent_for_reach_and_token(origin, tmp_path):
         assert "403" in checks[1].detail and "unreachable" in checks[2].detail
     finally:
         fleet.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_gateway_listed_among_its_own_parents_skips_itself(origin, tmp_path):
+    """One config for the whole fleet: every host is a parent and a child."""
+    port = free_port()
+    me = f"http://127.0.0.1:{port}"
+    gw = GatewayProcess(tmp_path, origin.url, extra=(
+        f'[cluster]\nlisten = "127.0.0.1:{port}"\nparents = ["{me}"]\n'
+        f'token_file = "{token_file(tmp_path)}"\n'))
+    try:
+        yield gw.ready()
+        path = "/maven2/org/ex/self/1.0/self-1.0.jar"
+        expected = blob(origin, path, 30_000)
+        for _ in range(2):
+            reply = yield fetch(gw.port, HOST, path)
+            assert reply.status == 200 and reply.sha256 == expected
+        assert origin.count("/maven" + path) == 1
+        tiers = (yield api_stats(gw))["tiers"]
+        assert tiers["parents"][0]["itself"] is True and \
+            tiers["parents"][0]["state"] == "closed", tiers
+    finally:
+        gw.stop()
