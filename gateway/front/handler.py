@@ -540,10 +540,14 @@ class Gateway:
     def _note(self, ex: Exchange, status: int, label: str, complete: bool) -> None:
         """A build record's row: the object served whole, by sha256 (none when the
         client left early or nothing stored was served)."""
-        sha256, size, download = ex.sha256, ex.size, ex.download
+        download = ex.download
+        if download is not None and complete and not download.finished:
+            # The client has every byte; the body's end (and its checks) may come after.
+            return download.on_finish(lambda _: self._note(ex, status, label, complete))
+        sha256, size = ex.sha256, ex.size
         if download is not None:
-            done = getattr(download, "done", False)
-            sha256, size = (download.sha256.hexdigest(), download.size) if done else ("", 0)
+            sha256, size = (download.sha256.hexdigest(), download.size) if download.done \
+                else ("", 0)
         if not complete:
             sha256 = ""
         self.sessions.note(_client(ex.request), ex.method, _url(ex.request, ex.host, ex.path),
