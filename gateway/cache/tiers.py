@@ -122,9 +122,12 @@ class Tiers:
 
     def _next_parent(self, order: list[Parent], target, headers: dict[str, str]  # type: ignore[no-untyped-def]
                      ) -> defer.Deferred:
-        while order and (order[0].itself or not order[0].breaker.allow()):
+        # Reaching itself in the ranking, a gateway that is also a parent fetches on its
+        # own: a request only ever goes to a parent ranked above the asker, so parents
+        # that ask each other never wait on each other in a circle.
+        while order and not order[0].itself and not order[0].breaker.allow():
             order = order[1:]
-        if not order:
+        if not order or order[0].itself:
             return self._after_parents(list(self.before_upstream), target, headers)
         parent, rest = order[0], order[1:]
         sent = {**headers, TOKEN_HEADER: bearer(self.token), INSTANCE_HEADER: self.instance}
@@ -142,6 +145,8 @@ class Tiers:
             parent.itself = True
             log.info("parent {parent} is this gateway itself: not asked again",
                      parent=parent.url)
+            response.deliverBody(_Discard())
+            return self._next_parent([parent], target, headers)
         if response.code in (403, 407) or own_error:
             response.deliverBody(_Discard())
             parent.breaker.succeeded()  # it answered: alive

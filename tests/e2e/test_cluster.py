@@ -281,3 +281,29 @@ def test_a_gateway_listed_among_its_own_parents_skips_itself(origin, tmp_path):
             tiers["parents"][0]["state"] == "closed", tiers
     finally:
         gw.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_mesh_of_hosts_each_parent_and_child_makes_one_origin_request(origin, tmp_path):
+    """Every host listed as a parent of every other (and itself): a key goes only to hosts
+    ranked above the asker, so two hosts never wait on each other."""
+    ports = [free_port(), free_port()]
+    urls = ", ".join(f'"http://127.0.0.1:{p}"' for p in ports)
+    token = token_file(tmp_path)
+    hosts = [GatewayProcess(Fleet._dir(tmp_path, f"mesh{i}"), origin.url, extra=(
+        f'[cluster]\nlisten = "127.0.0.1:{port}"\nparents = [{urls}]\n'
+        f'token_file = "{token}"\n')) for i, port in enumerate(ports)]
+    try:
+        for gw in hosts:
+            yield gw.ready()
+        paths = [f"/maven2/org/ex/mesh/{i}.0/mesh-{i}.0.jar" for i in range(6)]
+        sums = [blob(origin, path, 200_000 + i) for i, path in enumerate(paths)]
+        for path in paths:
+            origin.behave("/maven" + path, slow_bytes_per_s=2_000_000)
+        replies = yield defer.gatherResults([fetch(gw.port, HOST, path)
+                                             for path in paths for gw in hosts])
+        assert [r.sha256 for r in replies] == [s for s in sums for _ in hosts]
+        assert [origin.count("/maven" + path) for path in paths] == [1] * 6
+    finally:
+        for gw in hosts:
+            gw.stop()
