@@ -15,7 +15,11 @@ Root only: skipped elsewhere, a failure under CI=true."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 import pytest_twisted
@@ -24,10 +28,12 @@ from cyclonedx.validation.json import JsonStrictValidator
 from twisted.internet import reactor, threads
 
 from tests import docker_builds as db
+from tests import netns
 from tests.clients import need
 from tests.docker_daemon import DOCKER
 from tests.fixtures import Fixtures, build_fixtures
 from tests.origin import Origin
+from tests.processes import free_port
 
 # What the build of db.CLIENTS installs: (purl, path suffix of the fixture body).
 INSTALLED = {
@@ -93,15 +99,24 @@ def body_sha256(tree: Fixtures, suffix: str) -> str:
     return next(o.sha256 for o in tree.objects if o.path.endswith(suffix) and not o.accept)
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_recorded_docker_build_its_sbom_and_its_hermetic_replay(
-        docker_daemon, stock_image, trusted, gateway, origin, tree, tmp_path):
-    context = db.write_context(tmp_path / "all", trusted, db.CLIENTS)
-    sbom_path = tmp_path / "build.cdx.json"
-    done = await in_session(gateway, docker_daemon,
-                            ["run", "--name", "build", "--sbom", str(sbom_path)], context)
+@pytest.fixture(scope="module")
+def recorded(docker_daemon, trusted, gateway, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """``cachegate session run --name build -- docker build`` of apt, pip, npm and mvn
+    steps: (its context, the SBOM file, the session id)."""
+    work = tmp_path_factory.mktemp("records-build")
+    context = db.write_context(work / "all", trusted, db.CLIENTS)
+    sbom_path = work / "build.cdx.json"
+    done = pytest_twisted.blockon(in_session(
+        gateway, docker_daemon, ["run", "--name", "build", "--sbom", str(sbom_path)], context))
     assert done.returncode == 0, said(done, gateway)
     session = re.search(r"session (\w+) started", done.stderr).group(1)
+    return context, sbom_path, session
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_recorded_docker_build_its_sbom_and_its_hermetic_replay(
+        docker_daemon, recorded, trusted, gateway, origin, tree, tmp_path):
+    context, sbom_path, session = recorded
     text = sbom_path.read_text()
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
     sbom = json.loads(text)
@@ -139,6 +154,69 @@ async def test_a_recorded_docker_build_its_sbom_and_its_hermetic_replay(
     assert f"cachegate: {UNLISTED} is not in the record of session {session} (build), " \
            "replayed by session" in output, said(denied, gateway)
     assert origin.requests == []
+
+
+class OfflineGateway(db.DockerGateway):
+    """``cachegate serve`` on the bridge address with ``cache.offline = true``."""
+
+    def __init__(self, workdir, address: str, origin_url: str) -> None:  # type: ignore[no-untyped-def]
+        self.workdir = workdir
+        self.state_dir = workdir / "state"
+        self.addresses = [address]
+        self.admin_port = free_port()
+        self.config = workdir / "cachegate.toml"
+        self.config.write_text(db.gateway_toml(self.state_dir, address, origin_url,
+                                               "127.0.0.1:9", self.admin_port)
+                               + "\n[cache]\noffline = true\n")
+        self.log_path = workdir / "gateway.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.ops.cli", "--config", str(self.config), "serve"],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=db.ROOT,
+            preexec_fn=netns.die_with_parent, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bundle_from_gateway_a_builds_on_a_fresh_offline_gateway_b(
+        docker_daemon, recorded, gateway, origin, tmp_path):
+    """Export the session from A (running: its admin API), import it into B's empty state
+    directory (stopped), then build on B with ``offline = true`` and the origin down.  B
+    keeps A's CA only because the test image trusts that one."""
+    context, _, session = recorded
+    bundle = tmp_path / "build.tar"
+    done = await threads.deferToThread(gateway.cli, "export", "--session", "build", "-o",
+                                       str(bundle))
+    assert done.returncode == 0, done.stderr
+    gateway.stop()
+    b = tmp_path / "b"
+    (b / "state").mkdir(parents=True)
+    shutil.copytree(gateway.state_dir / "ca", b / "state" / "ca")
+    (b / "cachegate.toml").write_text(f'[server]\nstate_dir = "{b / "state"}"\n')
+    imported = await threads.deferToThread(
+        subprocess.run, [sys.executable, "-m", "gateway.ops.cli", "--config",
+                         str(b / "cachegate.toml"), "import", str(bundle), "--json"],
+        cwd=db.ROOT, capture_output=True, text=True, timeout=600)
+    assert imported.returncode == 0, imported.stderr
+    report = json.loads(imported.stdout)
+    assert report["imported"] and not report["refused"] and not report["drift"]
+    assert report["sessions"] == [session]
+    await origin.stop_serving()
+    origin.reset()
+    offline = OfflineGateway(b, docker_daemon.address, origin.url).wait_ready()
+    try:
+        built = await threads.deferToThread(db.build, docker_daemon, context, "buildkit", "b")
+        assert built.returncode == 0, said_build(built, offline)
+        served = offline.served()
+        assert served and {s.label for s in served} <= {"HIT", "STALE"}, served
+    finally:
+        offline.stop()
+        origin.resume()
+    assert origin.requests == []
+
+
+def said_build(done, gateway) -> str:  # type: ignore[no-untyped-def]
+    return (f"exit {done.returncode}:\n{done.output[-4000:]}\n"
+            f"--- cachegate log ---\n{gateway.log_tail()}")
 
 
 @pytest.fixture(scope="module")
