@@ -36,6 +36,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 
 from gateway.cache.events import ERROR_KINDS, EngineEvents
 from gateway.cache.stats import Histogram
+from gateway.ops.tier_metrics import tier_metrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -54,6 +55,7 @@ class GatewayCollector:
         yield from _requests(doc["gateway"], live.ecosystems if live is not None else ())
         yield from _passthrough(doc.get("passthrough", {}))
         yield from _images(doc.get("images"))
+        yield from tier_metrics(doc.get("tiers"))
         if live is not None:
             yield from _live(live)
         yield from _dns(doc["dns"])

@@ -32,6 +32,18 @@ def api_stats(gw: GatewayProcess):  # type: ignore[no-untyped-def]
     return json.loads((yield readBody(response)))
 
 
+@defer.inlineCallbacks
+def scrape(gw: GatewayProcess):  # type: ignore[no-untyped-def]
+    """The gateway's /metrics as {(name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from twisted.web.client import Agent, readBody
+    response = yield Agent(reactor).request(
+        b"GET", f"http://127.0.0.1:{gw.admin_port}/metrics".encode())
+    text = (yield readBody(response)).decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
 def token_file(tmp: Path, token: str = TOKEN) -> Path:
     path = tmp / f"token-{hashlib.sha256(token.encode()).hexdigest()[:8]}"
     path.write_text(token + "\n")
@@ -109,6 +121,10 @@ def test_a_herd_over_two_children_makes_one_origin_request_and_a_dead_owner_cost
             assert tiers["parents"][owner]["bytes"] >= 4_000_000, tiers
             hit = yield fetch(child.port, HOST, path)
             assert hit.headers["x-cache"] == "HIT" and hit.sha256 == expected
+            series = yield scrape(child)
+            assert 4_000_000 <= series[("cachegate_tier_fetched_bytes_total",
+                                        (("source", "parent"),))] < 4_001_000, series
+            assert series[("cachegate_tier_fetched_bytes_total", (("source", "upstream"),))] == 0
 
         # The owner of the next object dies: its children go to the other parent.
         path2 = "/maven2/org/ex/cluster/2.0/cluster-2.0.jar"
