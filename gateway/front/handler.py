@@ -25,10 +25,11 @@ from gateway.cache.fetcher import Fetcher, header_dict
 from gateway.cache.flight import Failed, Flights, Outcome, Retry, Stored, Streaming, Target
 from gateway.cache.headers import as_dict, passthrough_request_headers
 from gateway.front.accesslog import AccessLog
+from gateway.front.bodies import SMALL_BODY, send_file
 from gateway.front.client_errors import LogBudget
 from gateway.cache.keys import base_key, normalise_path, variant_key
 from gateway.cache.policy import bypass_reason, invalidates, request_forces_revalidation
-from gateway.cache.ranges import UNSATISFIABLE, if_range_allows, parse_range
+from gateway.cache.ranges import if_range_allows, parse_range
 from gateway.cache.stats import Stats
 from gateway.cache.store import Entry, Store
 from gateway.front.fast_path import GatewayChannel, response_head
@@ -43,9 +44,6 @@ log = Logger()
 
 # Requests whose routing and entries whose response heads the fast path memoises.
 FAST_ROUTES = 16384
-# Bodies up to this size are read and written in one call: for small objects the
-# producer machinery costs more than the copy.
-SMALL_BODY = 64 * 1024
 
 
 # What proxy clients' requests for hosts outside the catalogue are counted under.
@@ -440,7 +438,7 @@ class Gateway:
                    headers: dict[str, str], label: str, download) -> None:  # type: ignore[no-untyped-def]
         request = ex.request
         request.setHeader("X-Cache", label)
-        start, end = 0, (length - 1 if length is not None else None)
+        wanted = None
         if status == 200 and ex.method in ("GET", "HEAD"):
             if not_modified(ex.headers, headers):
                 os.close(fd)
@@ -449,42 +447,10 @@ class Gateway:
                     request.responseHeaders.removeHeader(name)
                 request.finish()
                 return self._log(ex, 304, label, 0)
-            chosen = self._range(ex, length, headers)
-            if chosen == UNSATISFIABLE:
-                os.close(fd)
-                request.setResponseCode(http.REQUESTED_RANGE_NOT_SATISFIABLE)
-                request.setHeader("Content-Range", f"bytes */{length}")
-                request.setHeader("Content-Length", "0")
-                request.finish()
-                return self._log(ex, 416, label, 0)
-            if chosen is not None:
-                start, end = chosen
-                request.setResponseCode(http.PARTIAL_CONTENT)
-                request.setHeader("Content-Range", f"bytes {start}-{end}/{length}")
-        if length is not None:
-            request.setHeader("Content-Length", str(end - start + 1))
-        if ex.method == "HEAD":
-            os.close(fd)
-            request.finish()
-            return self._log(ex, request.code, label, 0)
-        if download is None and end is not None and end - start + 1 <= SMALL_BODY:
-            return self._send_small(ex, fd, start, end, label)
-        code = request.code
-        FileStreamer(request, fd, start, end, download,
-                     lambda sent, ok: self._log(ex, code, label, sent, ok)).start()
-
-    def _send_small(self, ex: Exchange, fd: int, start: int, end: int, label: str) -> None:
-        try:
-            data = os.pread(fd, end - start + 1, start)
-        finally:
-            os.close(fd)
-        if len(data) != end - start + 1:
-            log.error("stored body of {url} is short: dropped", url=ex.host + ex.path)
-            ex.request.transport.abortConnection()
-            return
-        ex.request.write(data)
-        ex.request.finish()
-        self._log(ex, ex.request.code, label, len(data))
+            wanted = self._range(ex, length, headers)
+        send_file(request, ex.method, fd, length, wanted, download,
+                  lambda status, sent, ok: self._log(ex, status, label, sent, ok),
+                  ex.host + ex.path)
 
     def _range(self, ex: Exchange, length: int | None, headers: dict[str, str]):  # type: ignore[no-untyped-def]
         if length is None or "range" not in ex.headers:

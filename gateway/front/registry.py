@@ -40,10 +40,11 @@ from gateway.cache.download import Download
 from gateway.cache.fetcher import Fetcher, header_dict, header_pairs
 from gateway.cache.headers import passthrough_request_headers, replayable
 from gateway.cache.policy import freshness
-from gateway.cache.ranges import UNSATISFIABLE, parse_range
+from gateway.cache.ranges import parse_range
 from gateway.cache.rules import Digest, Policy, Rule
 from gateway.cache.store import Entry, Meta, Store
 from gateway.cache.streaming import FileStreamer
+from gateway.front.bodies import send_file
 from gateway.cache.verify import body_problem
 from gateway.ecosystems.images import (MAX_MANIFEST, REGISTRIES, MirrorRequest, NotARead,
                                        Registry, accept_class, accept_header, find_registry,
@@ -61,8 +62,6 @@ BLOB_TYPE = "application/octet-stream"
 IMMUTABLE = Rule("", Policy.IMMUTABLE)
 # A registry redirects a blob once (to its CDN); more hops than this is a loop.
 MAX_REDIRECTS = 5
-# Bodies up to this size are written in one call rather than through a producer.
-SMALL_BODY = 64 * 1024
 # An upstream error body passed on to the client (a refusal) is cut to this.
 MAX_ERROR_BODY = 64 * 1024
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -645,44 +644,11 @@ class RegistryMirror:
         request = ex.request
         self._describe(request, content_type, digest)
         request.setHeader("X-Cache", label)
-        start, end = 0, (length - 1 if length is not None else None)
-        if length is not None and "range" in ex.headers:
-            chosen = parse_range(ex.headers["range"], length)
-            if chosen == UNSATISFIABLE:
-                os.close(fd)
-                request.setResponseCode(416)
-                request.setHeader("Content-Range", f"bytes */{length}")
-                request.setHeader("Content-Length", "0")
-                request.finish()
-                return self._log(ex, 416, label, 0)
-            if chosen is not None:
-                start, end = chosen  # type: ignore[misc]
-                request.setResponseCode(206)
-                request.setHeader("Content-Range", f"bytes {start}-{end}/{length}")
-        if length is not None:
-            request.setHeader("Content-Length", str(end - start + 1))  # type: ignore[operator]
-        if ex.method == "HEAD":
-            os.close(fd)
-            request.finish()
-            return self._log(ex, request.code, label, 0)
-        if download is None and end is not None and end - start + 1 <= SMALL_BODY:
-            return self._send_small(ex, fd, start, end, label)
-        code = request.code
-        FileStreamer(request, fd, start, end, download,
-                     lambda sent, ok: self._log(ex, code, label, sent, ok)).start()
-
-    def _send_small(self, ex: Exchange, fd: int, start: int, end: int, label: str) -> None:
-        try:
-            data = os.pread(fd, end - start + 1, start)
-        finally:
-            os.close(fd)
-        if len(data) != end - start + 1:
-            log.error("stored body of {path} is short", path=ex.target.path)
-            ex.request.transport.abortConnection()
-            return
-        ex.request.write(data)
-        ex.request.finish()
-        self._log(ex, ex.request.code, label, len(data))
+        wanted = parse_range(ex.headers["range"], length) \
+            if length is not None and "range" in ex.headers else None
+        send_file(request, ex.method, fd, length, wanted, download,
+                  lambda status, sent, ok: self._log(ex, status, label, sent, ok),
+                  ex.target.path)
 
     def _refuse(self, ex: Exchange, refused: Refused) -> None:
         request = ex.request
