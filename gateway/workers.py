@@ -41,6 +41,7 @@ from twisted.web.client import readBody
 from twisted.web.resource import Resource
 
 from gateway.cache.stats import FROM_CACHE, Stats
+from gateway.cache.tiers import pooled_tiers
 from gateway.config import Config
 from gateway.front.handler import GatewayResource
 from gateway.front.owners import Owners, socket_path
@@ -212,6 +213,7 @@ class WorkerPool(service.Service):
                 **summed,
                 "downloads": {"active": sum(d["active"] for d in self.gathered("downloads"))},
                 "recent": recent[:RECENT], "top": top[:TOP_OBJECTS],
+                "tiers": pooled_tiers(self.gathered("tiers")),
                 "workers": self.describe()}
 
     def stopService(self):  # type: ignore[no-untyped-def]  # noqa: N802

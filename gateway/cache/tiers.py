@@ -206,3 +206,40 @@ class Tiers:
 def _labelled(response, source: str):  # type: ignore[no-untyped-def]
     response.source = source
     return response
+
+
+def pooled_tiers(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several worker processes' ``tiers`` documents as one: counts added; a breaker shown
+    open when it is open in any worker (each worker has its own)."""
+    if not documents:
+        return {"parents": [], "bytes": {}, "fetches": {}, "s3": None}
+    out: dict[str, Any] = {"parents": [], "bytes": Counter(), "fetches": Counter(), "s3": None}
+    by_url: dict[str, dict[str, Any]] = {}
+    for document in documents:
+        out["bytes"].update(document.get("bytes", {}))
+        out["fetches"].update(document.get("fetches", {}))
+        for parent in document.get("parents", []):
+            into = by_url.setdefault(parent["parent"], {**parent, **{
+                k: 0 for k in ("failures", "opened", "requests", "bytes", "refused")}})
+            _add_state(into, parent)
+        if document.get("s3"):
+            out["s3"] = _add_state(out["s3"] or {**document["s3"], **{
+                k: 0 for k, v in document["s3"].items()
+                if isinstance(v, int) and not isinstance(v, bool) and k != "queue_limit"}},
+                document["s3"])
+    out["parents"] = list(by_url.values())
+    out["bytes"], out["fetches"] = dict(out["bytes"]), dict(out["fetches"])
+    for key in ("children_refused",):
+        if any(key in d for d in documents):
+            out[key] = sum(d.get(key, 0) for d in documents)
+    return out
+
+
+def _add_state(into: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    for key, value in more.items():
+        if isinstance(value, int) and not isinstance(value, bool) and key != "queue_limit":
+            into[key] += value
+    if more["state"] == "open":
+        into["state"], into["retry_in"] = "open", max(into.get("retry_in", 0), more["retry_in"])
+    into["itself"] = into.get("itself", False) or more.get("itself", False)
+    return into

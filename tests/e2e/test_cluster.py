@@ -323,3 +323,34 @@ def test_a_mesh_of_hosts_each_parent_and_child_makes_one_origin_request(origin, 
     finally:
         for gw in hosts:
             gw.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_child_with_two_worker_processes_uses_the_parents_and_sums_their_figures(
+        origin, tmp_path):
+    fleet = Fleet(tmp_path, origin.url)
+    for gw in fleet.children:
+        gw.proc.terminate()
+    parents = ", ".join(f'"{url}"' for url in fleet.parent_urls)
+    child = GatewayProcess(Fleet._dir(tmp_path, "workers"), origin.url, workers=2, extra=(
+        f'[cluster]\nparents = [{parents}]\ntoken_file = "{token_file(tmp_path)}"\n'))
+    try:
+        for gw in fleet.parents + [child]:
+            yield gw.ready()
+        paths = [f"/maven2/org/ex/wk/{i}.0/wk-{i}.0.jar" for i in range(8)]
+        sums = [blob(origin, path, 10_000 + i) for i, path in enumerate(paths)]
+        replies = yield defer.gatherResults([fetch(child.port, HOST, p) for p in paths])
+        assert [r.sha256 for r in replies] == sums
+        assert all(origin.count("/maven" + p) == 1 for p in paths)
+        want = sum(10_000 + i for i in range(8))
+        for _ in range(100):  # the supervisor gathers the workers' figures each second
+            tiers = (yield api_stats(child))["tiers"]
+            if tiers["bytes"].get("parents", 0) >= want:
+                break
+            yield sleep(0.1)
+        assert want <= tiers["bytes"]["parents"] < want + 1000, tiers
+        assert sum(p["bytes"] for p in tiers["parents"]) == tiers["bytes"]["parents"]
+        assert tiers["bytes"].get("upstream", 0) == 0, tiers
+    finally:
+        child.stop()
+        fleet.stop()
