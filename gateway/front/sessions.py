@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from gateway.cache.records import SOURCES, Records, Row, Session, UnknownSession, package_json
 from gateway.cache.rules import Upstream
+from gateway.cache.store import PinRefused
 from gateway.config import SessionsConfig
 
 log = Logger()
@@ -130,8 +131,27 @@ class Sessions:
                           ref=self.config.replay)
                 return
             name = f"replay of {source.name or source.id}"
+            self._pin(source)
             if not any(s.replay == source.id for s in names.values()):
                 self.records.start(name, client_networks(self.config.clients), now, source.id)
+
+    def _pin(self, source: Session) -> None:
+        """Keep a replayed record's objects (``session:<id>``); name those already gone."""
+        store = self.records.store
+        keys, missing = set(), set()
+        for row in self.records.rows(source):
+            if row.sha256 and row.source in _REPLAYABLE:
+                found = [e.key for e in store.find_sha256(row.sha256)]
+                keys.update(found)
+                if not found:
+                    missing.add(row.url)
+        for url in sorted(missing):
+            log.error("replayed session {id}: {url} is not in the store", id=source.id,
+                      url=url)
+        try:
+            store.pin(f"session:{source.id}", keys)
+        except PinRefused as e:
+            log.error("replayed session {id}: {error}", id=source.id, error=e)
 
     def reload(self) -> None:
         """Re-read the open sessions (after a start or stop, here or in the supervisor)."""

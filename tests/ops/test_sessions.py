@@ -358,3 +358,62 @@ def test_a_tampered_body_is_refused_and_only_it(origin, fixtures, start_gateway,
     assert len(result["refused"]) == 1 and "fixture-1.0.jar" in result["refused"][0]
     assert not any(k.endswith("fixture-1.0.jar") for k in result["imported"])
     assert len(result["imported"]) > 5
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_import_never_overwrites_other_bytes_stored_under_a_url(
+        origin, fixtures, start_gateway, tmp_path, capsys):
+    gw = start_gateway(origin.url)
+    yield recorded(gw, fixtures, capsys, tmp_path)
+    bundle = tmp_path / "app.tar"
+    yield cachegate(capsys, cli_config(tmp_path, gw), "export", "--session", "app", "-o",
+                    str(bundle))
+    # B already holds a tarball's URL with other bytes (the origin changed them).
+    tgz = BUILD[7][1]
+    other = b"other bytes of the same URL\n" * 100
+    origin.behave(f"/npm{tgz}", body=other)
+    gw_b = start_gateway(origin.url, state_dir=tmp_path / "b")
+    reply = yield fetch(gw_b.port, "registry.npmjs.org", tgz)
+    assert reply.body == other
+    origin.behave(f"/npm{tgz}")
+    code, out, err = yield cachegate(capsys, cli_config(tmp_path, gw_b), "import", str(bundle),
+                                     "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert len(result["drift"]) == 1 and tgz in result["drift"][0]
+    assert not any(k.endswith(tgz) for k in result["imported"])
+    again = yield fetch(gw_b.port, "registry.npmjs.org", tgz)
+    assert again.body == other and again.headers["x-cache"] == "HIT"
+    pins = gw_b.store.pins()
+    assert pins["import:app.tar"]["keys"] == len(result["imported"])
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_standing_replay_from_the_config(origin, fixtures, start_gateway, tmp_path, capsys):
+    from dataclasses import replace
+
+    from gateway.config import SessionsConfig
+    from tests.gateways import RunningGateway
+    gw = start_gateway(origin.url)
+    session, first, _ = yield recorded(gw, fixtures, capsys, tmp_path)
+    yield gw.service.stopService()
+    yield origin.stop_serving()
+    origin.reset()
+    config = replace(gw.config, sessions=SessionsConfig(clients=(LOOPBACK,), replay="app"))
+    standing = RunningGateway(config)
+    try:
+        again = yield build(standing, fixtures, BUILD[6:8])
+        assert [r.body for r in again.values()] == [first[p].body for p in again]
+        denied = yield fetch(standing.port, "registry.npmjs.org", UNLISTED[1])
+        assert denied.status == 403 and f"session {session} (app)" in denied.body.decode()
+        assert standing.store.pins()[f"session:{session}"]["stored"] > 0
+    finally:
+        yield standing.service.stopService()
+    assert origin.requests == []
+
+
+def test_the_default_client_set_is_a_bridge_network():
+    from gateway.front.sessions import client_networks, interface_network
+    assert interface_network("lo") == "127.0.0.0/8"
+    assert interface_network("no-such-if0") is None
+    assert client_networks(["10.1.2.3", "192.168.0.0/16"]) == ["10.1.2.3/32", "192.168.0.0/16"]
