@@ -194,7 +194,7 @@ class S3Tier:
         """The stored object for ``target`` as a response, or None (not there, not an
         immutable object, or the tier is down: then the upstream serves)."""
         if target.rule.policy is not Policy.IMMUTABLE or "if-none-match" in headers or \
-                "if-modified-since" in headers or not self.usable():
+                "if-modified-since" in headers or "range" in headers or not self.usable():
             return defer.succeed(None)
         d = self._get_pointer(target.key)
         d.addCallback(self._get_body)

@@ -102,6 +102,7 @@ class Tiers:
         self.instance = instance
         self.by_url = {parent.url: parent for parent in parents}
         self.stats = TierStats()
+        self.resumed = 0  # bodies a dying parent broke off, finished by the next tier
         # Further tiers between the parents and the upstream (the S3 store): called with
         # (target, headers), they fire with a response or None (not there, or down).
         self.before_upstream: list[Callable] = []
@@ -120,8 +121,8 @@ class Tiers:
         order = [self.by_url[url] for url in ranked(target.base, list(self.by_url))]
         return self._next_parent(order, target, headers)
 
-    def _next_parent(self, order: list[Parent], target, headers: dict[str, str]  # type: ignore[no-untyped-def]
-                     ) -> defer.Deferred:
+    def _next_parent(self, order: list[Parent], target, headers: dict[str, str],  # type: ignore[no-untyped-def]
+                     resumable: bool = True) -> defer.Deferred:
         # Reaching itself in the ranking, a gateway that is also a parent fetches on its
         # own: a request only ever goes to a parent ranked above the asker, so parents
         # that ask each other never wait on each other in a circle.
@@ -134,19 +135,19 @@ class Tiers:
         parent.requests += 1
         d = parent.fetcher.request("GET", f"http://{target.host}{target.path}", sent)
         d.addCallbacks(self._parent_answered, self._parent_failed,
-                       callbackArgs=(parent, rest, target, headers),
-                       errbackArgs=(parent, rest, target, headers))
+                       callbackArgs=(parent, rest, target, headers, resumable),
+                       errbackArgs=(parent, rest, target, headers, resumable))
         return d
 
     def _parent_answered(self, response, parent: Parent, rest: list[Parent], target,  # type: ignore[no-untyped-def]
-                         headers: dict[str, str]):
+                         headers: dict[str, str], resumable: bool = True):
         own_error = response.code >= 500 and "x-cache" not in header_dict(response.headers)
         if response.code == 508 and own_error:
             parent.itself = True
             log.info("parent {parent} is this gateway itself: not asked again",
                      parent=parent.url)
             response.deliverBody(_Discard())
-            return self._next_parent([parent], target, headers)
+            return self._next_parent([parent], target, headers, resumable)
         if response.code in (403, 407) or own_error:
             response.deliverBody(_Discard())
             parent.breaker.succeeded()  # it answered: alive
@@ -154,18 +155,20 @@ class Tiers:
                 parent.refusals += 1
             log.error("parent {parent} answered {status} itself: trying the next",
                       parent=parent.url, status=response.code)
-            return self._next_parent(rest, target, headers)
+            return self._next_parent(rest, target, headers, resumable)
         parent.breaker.succeeded()
+        if resumable and response.code == 200:
+            response = Resumable(response, self, parent, rest, target, headers)
         response.source = parent.url
         return response
 
     def _parent_failed(self, failure: Failure, parent: Parent, rest: list[Parent], target,  # type: ignore[no-untyped-def]
-                       headers: dict[str, str]) -> defer.Deferred:
+                       headers: dict[str, str], resumable: bool = True) -> defer.Deferred:
         parent.breaker.failed()
         log.error("parent {parent} unreachable ({error}): skipped for {seconds:.0f} s",
                   parent=parent.url, error=failure.getErrorMessage(),
                   seconds=parent.breaker.back_off)
-        return self._next_parent(rest, target, headers)
+        return self._next_parent(rest, target, headers, resumable)
 
     def _after_parents(self, tiers: list[Callable], target, headers: dict[str, str]  # type: ignore[no-untyped-def]
                        ) -> defer.Deferred:
@@ -197,10 +200,120 @@ class Tiers:
         return {"parents": [parent.describe() for parent in self.parents],
                 "bytes": {"parents": from_parents,
                           **{k: v for k, v in self.stats.bytes.items() if k not in self.by_url}},
-                "fetches": dict(self.stats.fetches)}
+                "fetches": dict(self.stats.fetches), "resumed": self.resumed}
 
     def close(self) -> defer.Deferred:
         return defer.DeferredList([p.fetcher.close() for p in self.parents])
+
+
+class Resumable:
+    """A parent's 200 whose body, if the parent dies part-way, goes on from the next tier
+    (the next parent, else the upstream) with ``Range: bytes=N-`` and ``If-Range`` on the
+    parent's validator: the flight's download never sees the break.  Without a validator
+    or a length, or when the next tier cannot give exactly the rest (a 206 from N), the
+    body fails as before (its clients are aborted, nothing is stored)."""
+
+    def __init__(self, response, tiers: Tiers, parent: Parent, rest: list[Parent],  # type: ignore[no-untyped-def]
+                 target, headers: dict[str, str]) -> None:
+        self.inner, self.tiers, self.parent, self.rest = response, tiers, parent, rest
+        self.target, self.sent = target, headers
+        fields = header_dict(response.headers)
+        self.validator = fields.get("etag") or fields.get("last-modified")
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+    def deliverBody(self, protocol: Protocol) -> None:  # noqa: N802
+        self.inner.deliverBody(_ResumingBody(self, protocol))
+
+    def resume(self, offset: int) -> defer.Deferred:
+        self.parent.breaker.failed()
+        log.error("parent {parent} broke off {url} at byte {offset}: resuming from the next "
+                  "tier", parent=self.parent.url, url=self.target.base, offset=offset)
+        headers = {**self.sent, "range": f"bytes={offset}-", "if-range": self.validator}
+        return self.tiers._next_parent(self.rest, self.target, headers, resumable=False)
+
+
+class _Relay:
+    """The transport the flight's body receiver sees: whichever connection feeds it now
+    (pausing and stopping reach the current one; a pause carries over to the next)."""
+
+    def __init__(self, transport) -> None:  # type: ignore[no-untyped-def]
+        self.current, self.paused, self.stopped = transport, False, False
+
+    def swap(self, transport) -> None:  # type: ignore[no-untyped-def]
+        self.current = transport
+        if self.paused:
+            transport.pauseProducing()
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.paused = True
+        self.current.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.paused = False
+        self.current.resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.stopped = True
+        self.current.stopProducing()
+
+
+class _ResumingBody(Protocol):
+    def __init__(self, response: Resumable, inner: Protocol) -> None:
+        self.response, self.inner = response, inner
+        self.relay: _Relay | None = None
+        self.received = 0
+        self.resumed = False
+
+    def makeConnection(self, transport) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
+        if self.relay is None:
+            self.relay = _Relay(transport)
+            self.inner.makeConnection(self.relay)
+        else:  # the next tier's body: the receiver goes on reading from it
+            self.relay.swap(transport)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.received += len(data)
+        self.inner.dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        from twisted.web.client import ResponseDone
+        length = self.response.inner.length
+        if reason.check(ResponseDone) or self.resumed or self.relay is None or \
+                self.relay.stopped or not self.response.validator or \
+                not isinstance(length, int) or self.received >= length:
+            return self.inner.connectionLost(reason)
+        self.resumed = True
+        offset = self.received
+        d = self.response.resume(offset)
+        d.addCallback(self._continue, offset, reason)
+        d.addErrback(lambda f: self.inner.connectionLost(reason))
+
+    def _continue(self, response, offset: int, reason: Failure) -> None:  # type: ignore[no-untyped-def]
+        fields = header_dict(response.headers)
+        if response.code != 206 or not fields.get("content-range", "").startswith(
+                f"bytes {offset}-"):
+            response.deliverBody(_Discard())
+            return self.inner.connectionLost(reason)
+        self.response.tiers.resumed += 1
+        response.deliverBody(_Tail(self))
+
+
+class _Tail(Protocol):
+    """The rest of the body, from the next tier, into the same receiver."""
+
+    def __init__(self, body: _ResumingBody) -> None:
+        self.body = body
+
+    def makeConnection(self, transport) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
+        self.body.makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.body.dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        self.body.inner.connectionLost(reason)
 
 
 def _labelled(response, source: str):  # type: ignore[no-untyped-def]
@@ -228,6 +341,7 @@ def pooled_tiers(documents: list[dict[str, Any]]) -> dict[str, Any]:
                 if isinstance(v, int) and not isinstance(v, bool) and k != "queue_limit"}},
                 document["s3"])
     out["parents"] = list(by_url.values())
+    out["resumed"] = sum(d.get("resumed", 0) for d in documents)
     out["bytes"], out["fetches"] = dict(out["bytes"]), dict(out["fetches"])
     for key in ("children_refused",):
         if any(key in d for d in documents):

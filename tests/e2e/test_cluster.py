@@ -354,3 +354,34 @@ def test_a_child_with_two_worker_processes_uses_the_parents_and_sums_their_figur
     finally:
         child.stop()
         fleet.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_owning_parent_killed_mid_body_the_next_tier_finishes_it(origin, tmp_path):
+    fleet = yield Fleet(tmp_path, origin.url).ready()
+    try:
+        path = "/maven2/org/ex/midbody/1.0/midbody-1.0.jar"
+        expected = blob(origin, path, 3_000_000)
+        origin.behave("/maven" + path, slow_bytes_per_s=1_500_000)  # ~2 s per fetch
+        owner = fleet.owner(path)
+        clients = [raw_get(child.port, HOST, path, keep=False)
+                   for child in fleet.children for _ in range(3)]
+        for _ in range(100):
+            if origin.count("/maven" + path):
+                break
+            yield sleep(0.05)
+        yield sleep(0.8)  # bytes are flowing from the owner to both children
+        fleet.parents[owner].kill()
+        results = yield defer.gatherResults(clients)
+        for head, _, proto in results:
+            assert head.startswith("HTTP/1.1 200"), head
+            assert proto.body_length == 3_000_000 and proto.sha256 == expected
+        for child in fleet.children:
+            tiers = (yield api_stats(child))["tiers"]
+            assert tiers["resumed"] == 1, tiers
+            assert tiers["parents"][owner]["state"] == "open", tiers
+            hit = yield fetch(child.port, HOST, path)  # stored whole
+            assert hit.headers["x-cache"] == "HIT" and hit.sha256 == expected
+        assert origin.count("/maven" + path) == 2  # the dead owner's and the next parent's
+    finally:
+        fleet.stop()
