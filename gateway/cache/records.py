@@ -193,10 +193,10 @@ class Records:
     def add(self, rows: list[Row]) -> None:
         """Append rows in one transaction (the handler buffers them: one write per batch,
         not one per response)."""
+        values = [tuple(getattr(row, f) for f in _RECORD_FIELDS) for row in rows]
         with self.store.cache.transact():
-            for row in rows:
-                self._sql(f"INSERT INTO Record VALUES ({', '.join('?' * len(_RECORD_FIELDS))})",
-                          tuple(getattr(row, f) for f in _RECORD_FIELDS))
+            self.store.cache._con.executemany(
+                f"INSERT INTO Record VALUES ({', '.join('?' * len(_RECORD_FIELDS))})", values)
 
     def rows(self, session: Session) -> list[Row]:
         """The session's rows in time order (those written after it stopped are not its:

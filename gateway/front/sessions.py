@@ -27,7 +27,10 @@ from gateway.config import SessionsConfig
 log = Logger()
 
 _REPLAYABLE = ("cache", "upstream", "stale")  # bodies that were stored
-FLUSH_SECONDS = 0.5  # rows are written this often (and at stop, and when asked)
+# Rows are written this often (and at stop, and when asked): one transaction per batch;
+# short batches keep the reactor's pause for the write short under heavy load.
+FLUSH_SECONDS = 0.1
+PACKAGE_MEMO = 16384  # URLs whose package JSON is kept
 RELOAD_SECONDS = 5.0  # a worker re-reads the open sessions this often, whatever it heard
 DOCKER_BRIDGE = "docker0"
 _SIOCGIFADDR, _SIOCGIFNETMASK = 0x8915, 0x891B  # linux/sockios.h
@@ -105,6 +108,7 @@ class Sessions:
         self._by_client: dict[str, tuple[list[Session], Replay | None]] = {}
         self._pending: list[Row] = []
         self._flush_call = None
+        self._packages: dict[tuple[str, str], str] = {}
         if not worker:
             self.open_standing()
         self.reload()
@@ -197,7 +201,7 @@ class Sessions:
         sessions = self.of_client(client)[0]
         if not sessions:
             return
-        package = package_json(upstream.ecosystem.package_of(path)) if sha256 else ""
+        package = self._package(upstream, path) if sha256 else ""
         now = self.reactor.seconds()
         for session in sessions:
             self._pending.append(Row(session.id, now, client, method, url, key or url,
@@ -205,6 +209,16 @@ class Sessions:
                                      SOURCES.get(label, label.lower())))
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(FLUSH_SECONDS, self.flush)
+
+    def _package(self, upstream: Upstream, path: str) -> str:
+        """The row's package JSON, memoised: a build asks for the same URLs again."""
+        found = self._packages.get((upstream.name, path))
+        if found is None:
+            found = package_json(upstream.ecosystem.package_of(path))
+            if len(self._packages) >= PACKAGE_MEMO:
+                self._packages.clear()
+            self._packages[(upstream.name, path)] = found
+        return found
 
     def flush(self) -> None:
         if self._flush_call is not None and self._flush_call.active():

@@ -114,7 +114,9 @@ def export_bundle(store: Store, entries: list[Entry], out: IO[bytes],
     doc = {"format": FORMAT, "created": time.time(), "selection": selection,
            "objects": objects, "sessions": [session[0].id] if session else []}
     result = ExportResult(objects=len(objects))
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    # A stream (one pass, pipes too) in 1 MiB blocks: tarfile's default is 10 KiB.
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK,
+                      copybufsize=CHUNK) as tar:
         _add_bytes(tar, METADATA, json.dumps(doc, indent=1).encode())
         for sha256, entry in bodies.items():
             _add_body(tar, sha256, entry, progress)
@@ -186,7 +188,7 @@ def import_bundle(store: Store, source: IO[bytes], pin: str, now: float,
     result = ImportResult(pin=pin)
     by_sha: dict[str, list[dict[str, Any]]] | None = None
     try:
-        tar = tarfile.open(fileobj=source, mode="r|")
+        tar = tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK)
     except tarfile.TarError as e:
         raise BundleError(f"not a tar file: {e}") from None
     with tar:
