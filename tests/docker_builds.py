@@ -260,3 +260,27 @@ def repeated_objects(requests) -> dict[tuple, int]:  # type: ignore[no-untyped-d
     counts = Counter((r.method, r.path, r.headers.get("accept"),
                       r.headers.get("accept-encoding")) for r in requests)
     return {key: n for key, n in counts.items() if n > 1}
+
+
+class Gateways:
+    """One cachegate at a time on the bridge address, by role: "stock" (whose memory of
+    untrusting clients must not leak into the trusted builds) and "trusted".  Each role
+    keeps its state directory (CA, cache) across restarts."""
+
+    def __init__(self, daemon, origin, forwarder: str, work) -> None:  # type: ignore[no-untyped-def]
+        self.daemon, self.origin, self.forwarder, self.work = daemon, origin, forwarder, work
+        self.role: str | None = None
+        self.current: DockerGateway | None = None
+
+    def get(self, role: str) -> DockerGateway:
+        if self.role != role:
+            self.stop()
+            self.current = DockerGateway(self.work / role, self.daemon.address,
+                                         self.origin.url, self.forwarder).wait_ready()
+            self.role = role
+        return self.current  # type: ignore[return-value]
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+        self.current = self.role = None

@@ -64,33 +64,9 @@ def stock(docker_daemon, stand_in, tree, tmp_path_factory) -> str:  # type: igno
                                tmp_path_factory.mktemp("stock"))
 
 
-class Gateways:
-    """One cachegate at a time on the bridge address, by role: "stock" (whose memory of
-    untrusting clients must not leak into the trusted builds) and "trusted".  Each role
-    keeps its state directory (CA, cache) across restarts."""
-
-    def __init__(self, daemon, origin: Origin, forwarder: str, work) -> None:  # type: ignore[no-untyped-def]
-        self.daemon, self.origin, self.forwarder, self.work = daemon, origin, forwarder, work
-        self.role: str | None = None
-        self.current: db.DockerGateway | None = None
-
-    def get(self, role: str) -> db.DockerGateway:
-        if self.role != role:
-            self.stop()
-            self.current = db.DockerGateway(self.work / role, self.daemon.address,
-                                            self.origin.url, self.forwarder).wait_ready()
-            self.role = role
-        return self.current  # type: ignore[return-value]
-
-    def stop(self) -> None:
-        if self.current is not None:
-            self.current.stop()
-        self.current = self.role = None
-
-
 @pytest.fixture(scope="module")
 def gateways(docker_daemon, origin, stand_in, tmp_path_factory):  # type: ignore[no-untyped-def]
-    made = Gateways(docker_daemon, origin, stand_in.dns.address,
+    made = db.Gateways(docker_daemon, origin, stand_in.dns.address,
                     tmp_path_factory.mktemp("gateways"))
     yield made
     made.stop()
