@@ -153,9 +153,9 @@ class Integrity:
         self._event(kind, base, str(error), True, ecosystem, events)
         return kind
 
-    def drift_seen(self, url: str, reason: str) -> None:
+    def drift_seen(self, url: str, reason: str, ecosystem: str, events) -> None:  # type: ignore[no-untyped-def]
         """Stored bytes that disagree with a newer promise (a lockfile): kept, reported."""
-        self._event("drift", url, reason, refused=True)
+        self._event("drift", url, reason, True, ecosystem, events)
 
     def _event(self, kind: str, url: str, reason: str, refused: bool, ecosystem: str = "",
                events=None) -> None:  # type: ignore[no-untyped-def]

@@ -128,7 +128,9 @@ class Prefetcher:
             return out
         reason = (f"stored bytes have {digest.algorithm} {got}, the lockfile says "
                   f"{digest.hex}: the stored copy is kept (clear it to take new bytes)")
-        self.top.gateway.flights.integrity.drift_seen(entry.meta.url, reason)
+        flights = self.top.gateway.flights
+        flights.integrity.drift_seen(entry.meta.url, reason, entry.meta.ecosystem,
+                                     flights.events)
         return dict(out, status="drift", reason=reason)
 
     @defer.inlineCallbacks

@@ -146,6 +146,7 @@ def test_exit_codes_usage_2_failures_1(cases, origin, start_gateway, tmp_path, c
     statuses = {i["name"]: i["status"] for i in report(out)["items"]}
     assert statuses["cachegate-fixture@1.1.0"] == "drift"
     assert [e for e in gw.store.entries() if e.meta.url.endswith("cachegate-fixture-1.1.0.tgz")]
+    assert gw.service.gateway.flights.events.drift["npm"] == 1  # cachegate_drift_events_total
 
     yield gw.service.stopService()
     code, _, err = yield cachegate(capsys, config, "warm", str(cases["cargo"].path))
