@@ -109,6 +109,7 @@ class GatewayService(service.MultiService):
                                          RegistryClient(reactor, self.fetcher),
                                          config.images.registries, config.images.tag_ttl,
                                          config.cache.offline, self.stats, access_log)
+            self.mirror.sessions = self.gateway.sessions  # images in build records
 
     def own_socket(self, ip: str, port: int) -> bool:
         """Whether ``ip:port`` is one of our listening sockets (looked up on each call:

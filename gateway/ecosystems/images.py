@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qs, quote, urlencode, urljoin, urlsplit
 
-from gateway.cache.rules import host_matches
+from gateway.cache.rules import Package, host_matches
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,17 @@ class MirrorRequest:
     def path(self) -> str:
         """The upstream path: ``/v2/<name>/<kind>/<reference>``."""
         return f"/v2/{self.name}/{self.kind}/{self.reference}"
+
+
+def image_package(target: MirrorRequest, digest: str) -> Package | None:
+    """A manifest's purl parts (``pkg:oci/<name>@sha256:…?repository_url=…&tag=…``): an
+    image, as a build record's component; a blob (config, layer) is none."""
+    if target.kind != "manifests" or not digest.startswith("sha256:"):
+        return None
+    qualifiers = [("repository_url", f"{target.host}/{target.name}")]
+    if not target.by_digest:
+        qualifiers.append(("tag", target.reference))
+    return Package("oci", target.name.rsplit("/", 1)[-1], digest, "", tuple(qualifiers))
 
 
 class NotARead(ValueError):

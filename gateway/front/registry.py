@@ -48,7 +48,7 @@ from gateway.front.bodies import send_file
 from gateway.cache.verify import body_problem
 from gateway.ecosystems.images import (MAX_MANIFEST, REGISTRIES, MirrorRequest, NotARead,
                                        Registry, accept_class, accept_header, find_registry,
-                                       object_key, parse_challenge, parse_request,
+                                       image_package, object_key, parse_challenge, parse_request,
                                        redirect_target, same_origin, tag_key, token_from,
                                        token_url)
 
@@ -305,6 +305,7 @@ class RegistryMirror:
         self.tag_checks: Counter[tuple[str, str]] = Counter()  # (registry, outcome)
         self.shared = Shared()  # object fetches and tag checks in progress
         self.verified: set[str] = set()  # object keys re-hashed since this process started
+        self.sessions = None  # build records (front/sessions.py), when the gateway has them
 
     # -- routing --------------------------------------------------------------------
 
@@ -642,6 +643,7 @@ class RegistryMirror:
     def _send(self, ex: Exchange, fd: int, length: int | None, content_type: str, digest: str,
               label: str, download: Download | None) -> None:
         request = ex.request
+        ex.served = (digest, length)  # for build records
         self._describe(request, content_type, digest)
         request.setHeader("X-Cache", label)
         wanted = parse_range(ex.headers["range"], length) \
@@ -728,6 +730,12 @@ class RegistryMirror:
             self.stats.record(ex.registry.name, client, label, sent, seconds)
         ms = int(seconds * 1000)
         url = f"{ex.target.host}{ex.target.path}"
+        if self.sessions is not None and self.sessions.open:
+            digest, length = getattr(ex, "served", ("", 0))
+            self.sessions.note_package(
+                client, ex.method, f"https://{url}", url, ex.registry.name,
+                image_package(ex.target, digest), status, label,
+                digest[len("sha256:"):] if complete and digest else "", length or 0)
         if self.access_log is not None:
             self.access_log.write(client, ex.method, url, status, label, sent, ms, complete)
         else:

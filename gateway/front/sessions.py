@@ -20,7 +20,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from gateway.cache.records import SOURCES, Records, Row, Session, UnknownSession, package_json
-from gateway.cache.rules import Upstream
+from gateway.cache.rules import Package, Upstream
 from gateway.cache.store import PinRefused
 from gateway.config import SessionsConfig
 
@@ -196,16 +196,27 @@ class Sessions:
     def note(self, client: str, method: str, url: str, key: str, upstream: Upstream,
              path: str, status: int, label: str, sha256: str, size: int) -> None:
         """A response served to ``client``: a row for each open session it belongs to."""
-        if not self.open:
-            return
-        sessions = self.of_client(client)[0]
-        if not sessions:
+        if not self.open or not self.of_client(client)[0]:
             return
         package = self._package(upstream, path) if sha256 else ""
+        self._add(client, method, url, key, upstream.name, package, status, label, sha256,
+                  size)
+
+    def note_package(self, client: str, method: str, url: str, key: str, upstream: str,
+                     package: Package | None, status: int, label: str, sha256: str,
+                     size: int) -> None:
+        """``note`` for a front that names the package itself (the registry mirror)."""
+        if self.open and self.of_client(client)[0]:
+            self._add(client, method, url, key, upstream, package_json(package), status,
+                      label, sha256, size)
+
+    def _add(self, client: str, method: str, url: str, key: str, upstream: str, package: str,
+             status: int, label: str, sha256: str, size: int) -> None:
+        sessions = self.of_client(client)[0]
         now = self.reactor.seconds()
         for session in sessions:
             self._pending.append(Row(session.id, now, client, method, url, key or url,
-                                     upstream.name, package, sha256, size, status, label,
+                                     upstream, package, sha256, size, status, label,
                                      SOURCES.get(label, label.lower())))
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(FLUSH_SECONDS, self.flush)
