@@ -18,6 +18,7 @@ import re
 import shutil
 import socket
 import ssl
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -378,7 +379,28 @@ def check_registry_mirror(s: Situation) -> Check:
     if problem:
         return Check(False, title, f"{url} {problem}: dockerd silently pulls from Docker "
                      "Hub instead", START_FIX)
-    return Check(True, title, f"registry-mirrors starts with {url}, which answers")
+    loaded = _running_mirrors(s.timeout)
+    if loaded is not None and url not in [m.rstrip("/") for m in loaded]:
+        return Check(False, title, f"{s.daemon_json} names {url}, but the running Docker "
+                     f"daemon has not loaded it (its mirrors: {loaded or 'none'}): pulls "
+                     "go to Docker Hub until it restarts", "restart Docker")
+    running = "; the running dockerd uses it" if loaded is not None else ""
+    return Check(True, title, f"registry-mirrors starts with {url}, which answers{running}")
+
+
+def _running_mirrors(timeout: float) -> list[str] | None:
+    """The registry mirrors the running dockerd has loaded (``docker info``), or None when
+    no daemon answers here: the file alone can be ahead of a daemon not restarted."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return None
+    try:
+        done = subprocess.run([docker, "info", "--format", "{{json .RegistryConfig.Mirrors}}"],
+                              capture_output=True, text=True, timeout=timeout + 5)
+        mirrors = json.loads(done.stdout) if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    return None if done.returncode else [str(m) for m in mirrors or []]
 
 
 def _mirror_problem(url: str, timeout: float) -> str | None:

@@ -169,6 +169,19 @@ async def test_start_points_the_real_daemon_at_cachegate_and_stop_undoes_it(
     assert mirror_line.startswith("✓") and host.mirror in mirror_line, doctor.stdout
     images_line = next(line for line in lines if "build images trust the CA" in line)
     assert images_line.startswith("✓") and IMAGE in images_line, doctor.stdout
+    assert "the running dockerd uses it" in mirror_line, doctor.stdout
+
+    # daemon.json names the mirror, but the daemon running was started without it: the
+    # file alone would pass, the pulls would go to Docker Hub.
+    with_mirror = docker_daemon.daemon_json.read_text()
+    docker_daemon.write_settings({"log-level": "warn", "dns": [address]})
+    docker_daemon.restart()
+    docker_daemon.daemon_json.write_text(with_mirror)
+    doctor = await host.cachegate("doctor")
+    mirror_line = next(line for line in doctor.stdout.splitlines()
+                       if "Docker registry mirror" in line)
+    assert mirror_line.startswith("✗") and "has not loaded it" in mirror_line, doctor.stdout
+    docker_daemon.restart()
 
     out = ok(await host.script(STOP, "--restore-images"))
     assert "service docker restart" in host.calls.read_text()
