@@ -111,6 +111,8 @@ def test_a_herd_over_both_workers_makes_one_origin_request(origin, tmp_path):
         shown = yield threads.deferToThread(
             subprocess.run, [sys.executable, "-m", "gateway.ops.cli", "--config",
                              str(gw.config), "stats"], capture_output=True, text=True, cwd=REPO)
+        page = yield admin(gw, "GET", "/")
+        assert '<table id=workers>' in page and page.count('<tr class="up">') == 2, page
         assert "workers: 0 up (pid" in shown.stdout \
             and "1 up (pid" in shown.stdout, shown.stdout
     finally:

@@ -73,6 +73,7 @@ def render_status(doc: dict[str, Any], now: float | None = None,
         f'<p class=sub>up <span id=uptime>{human_duration(doc["uptime"])}</span> · '
         f'listening on {escape(", ".join(doc["addresses"]))}</p>',
         _summary(doc),
+        _workers(doc),
         _plots(history, history.clock() if history is not None else now),
         _ecosystems(doc),
         tiers_section(doc),
@@ -81,6 +82,19 @@ def render_status(doc: dict[str, Any], now: float | None = None,
         "</body></html>\n",
     ]
     return "\n".join(parts).encode()
+
+
+def _workers(doc: dict[str, Any]) -> str:
+    """With ``server.workers`` > 1: each worker process and its state."""
+    workers = doc.get("workers")
+    if not workers:
+        return ""
+    rows = "".join(f'<tr class="{escape(w["state"])}"><td>{w["worker"]}</td>'
+                   f'<td>{escape(w["state"])}</td><td>{w["pid"] or ""}</td>'
+                   f'<td>{human_duration(w["uptime"])}</td><td>{w["restarts"]}</td>'
+                   f'<td>{escape(w["last_exit"] or "")}</td></tr>' for w in workers)
+    return ("<h2>Workers</h2><table id=workers><tr><th>worker</th><th>state</th><th>pid</th>"
+            "<th>up</th><th>restarts</th><th>last exit</th></tr>" + rows + "</table>")
 
 
 def _card(ident: str, figure: str, label: str) -> str:
