@@ -239,3 +239,35 @@ def test_doctor_names_a_worker_that_is_down():
     failed = check_workers(situation([up, down]))
     assert failed.ok is False and "worker 1 down (last exit: process ended by signal 9.)" \
         in failed.detail
+
+
+def test_a_client_rejecting_the_ca_at_one_worker_is_tunnelled_by_the_other(tmp_path):
+    """The passthrough's memo lives in the store when workers serve: connections are
+    spread by the kernel, so the retry of a client that rejected our CA reaches another
+    worker, which must tunnel it too."""
+    from twisted.internet.task import Clock
+
+    from gateway.cache.store import Store
+    from gateway.front.proxy import SharedMemo, UntrustedMemo, memo
+
+    clock = Clock()
+    clock.advance(1000)
+    stores = [Store(tmp_path / "cache", 10**9, clock.seconds, f"w{i}") for i in range(2)]
+    try:
+        first, second = (memo(type("Top", (), {"store": s}), clock, "untrusted")
+                         for s in stores)
+        assert isinstance(first, SharedMemo)
+        assert ("10.0.0.5", "pypi.org") not in second
+        first.add("10.0.0.5", "pypi.org")
+        assert ("10.0.0.5", "pypi.org") in second  # learnt from the store
+        assert ("10.0.0.6", "pypi.org") not in second
+        clock.advance(first.seconds + 1)
+        assert ("10.0.0.5", "pypi.org") not in second and ("10.0.0.5", "pypi.org") not in first
+    finally:
+        for store in stores:
+            store.close()
+    alone = Store(tmp_path / "alone", 10**9, clock.seconds)
+    try:
+        assert type(memo(type("Top", (), {"store": alone}), clock, "untrusted")) is UntrustedMemo
+    finally:
+        alone.close()

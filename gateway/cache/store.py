@@ -100,6 +100,10 @@ _SIDE_TABLES = (
     # The sha256 an immutable URL had when first stored: a tombstone eviction keeps.
     "CREATE TABLE IF NOT EXISTS Seen (url TEXT PRIMARY KEY, sha256 TEXT NOT NULL,"
     " first REAL NOT NULL)",
+    # Short-lived facts several worker processes must share (e.g. a client that rejects
+    # our CA), each valid until a time.
+    "CREATE TABLE IF NOT EXISTS Memo (kind TEXT NOT NULL, name TEXT NOT NULL,"
+    " until REAL NOT NULL, PRIMARY KEY (kind, name))",
     "CREATE TABLE IF NOT EXISTS Pin (name TEXT NOT NULL, key TEXT NOT NULL,"
     " PRIMARY KEY (name, key))",
     "CREATE INDEX IF NOT EXISTS Pin_key ON Pin (key)",
@@ -381,6 +385,17 @@ class Store:
 
     def set_seen(self, url: str, sha256: str, when: float) -> None:
         self.cache._sql("INSERT OR REPLACE INTO Seen VALUES (?, ?, ?)", (url, sha256, when))
+
+    # -- memos shared by worker processes ----------------------------------------------
+
+    def remember(self, kind: str, name: str, until: float) -> None:
+        self.cache._sql("INSERT OR REPLACE INTO Memo VALUES (?, ?, ?)", (kind, name, until))
+
+    def remembered(self, kind: str, name: str) -> float:
+        """Until when ``name`` is remembered as ``kind`` (0: not at all)."""
+        row = self.cache._sql("SELECT until FROM Memo WHERE kind = ? AND name = ?",
+                              (kind, name)).fetchone()
+        return float(row[0]) if row else 0.0
 
     # -- pins: named sets of keys kept out of eviction ------------------------------------
 

@@ -43,7 +43,7 @@ from zope.interface import implementer
 
 from gateway.front.tunnel import ClientSide, UpstreamEnd, UpstreamFactory
 from gateway.cache.rules import find_upstream
-from gateway.front.proxy import UntrustedMemo, rejects_certificate, tunnel_refusal
+from gateway.front.proxy import memo, rejects_certificate, tunnel_refusal
 
 log = Logger()
 
@@ -147,10 +147,10 @@ class PassthroughFactory(Factory):
 
     def __init__(self, top: Any, reactor: Any, is_own: Callable[[str, int], bool]) -> None:
         self.top, self.reactor, self.is_own = top, reactor, is_own
-        self.untrusted = UntrustedMemo(reactor.seconds)
+        self.untrusted = memo(top, reactor, "untrusted")
         # (client, name) pairs that completed a handshake with our certificate lately: a
         # silent close from them is not a rejection (see _TrustWatch).
-        self.trusting = UntrustedMemo(reactor.seconds, TRUSTING_MEMO_SECONDS)
+        self.trusting = memo(top, reactor, "trusting", TRUSTING_MEMO_SECONDS)
         self.stats = PassthroughStats()
         self.locate: Locate = self._forwarded
 

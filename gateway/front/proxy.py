@@ -271,6 +271,39 @@ class UntrustedMemo:
         return until is not None
 
 
+class SharedMemo(UntrustedMemo):
+    """The same memo shared by worker processes through the store: a client that rejected
+    our CA at one worker is tunnelled by the next one it reaches (connections are spread
+    over workers by the kernel, not by client)."""
+
+    def __init__(self, clock: Callable[[], float], store: Any, kind: str,
+                 seconds: float = UNTRUSTED_MEMO_SECONDS) -> None:
+        super().__init__(clock, seconds)
+        self.store, self.kind = store, kind
+
+    def add(self, client: str, host: str) -> None:
+        super().add(client, host)
+        self.store.remember(self.kind, f"{client} {host}", self.clock() + self.seconds)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        if super().__contains__(key):
+            return True
+        until = self.store.remembered(self.kind, " ".join(key))
+        if until <= self.clock():
+            return False
+        self._until[key] = until
+        return True
+
+
+def memo(top: Any, reactor: Any, kind: str,
+         seconds: float = UNTRUSTED_MEMO_SECONDS) -> UntrustedMemo:
+    """A memo of (client, host) pairs: shared through the store when worker processes
+    serve the clients, else in this process's memory."""
+    if getattr(top.store, "worker", ""):
+        return SharedMemo(reactor.seconds, top.store, kind, seconds)
+    return UntrustedMemo(reactor.seconds, seconds)
+
+
 def response(status: int, reason: str) -> bytes:
     """A complete short ``text/plain`` answer that closes the connection."""
     body = f"cachegate: {reason}\n".encode()
@@ -302,7 +335,7 @@ def proxy_context(top: Any, reactor: Any) -> ProxyContext:
     return ProxyContext(top.site, top.tls.options, top.has_name,
                         top.forwarder.resolve_addresses, top.own_socket,
                         AccessPolicy(config.dns.allow), config.cache.connect_timeout,
-                        UntrustedMemo(reactor.seconds))
+                        memo(top, reactor, "proxy-untrusted"))
 
 
 class ProxyFactory(Factory):
