@@ -629,6 +629,7 @@ class RegistryMirror:
     def _serve_head(self, ex: Exchange, digest: str, content_type: str, size: int,
                     label: str) -> None:
         request = ex.request
+        ex.served = (digest, size)  # for build records
         self._describe(request, content_type, digest)
         request.setHeader("Content-Length", str(size))
         request.setHeader("X-Cache", label)

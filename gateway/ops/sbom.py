@@ -15,6 +15,7 @@ versions and serialises what the 1.6 schema allows; the tests validate its outpu
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Iterable
 from uuid import UUID, uuid5
@@ -45,11 +46,25 @@ def purl_of(package: Package, grouped: bool = False) -> PackageURL:
                       qualifiers=qualifiers or None)
 
 
+# Qualifiers that say how a package was reached, not which it is: a Maven file's type (a
+# jar and its POM are one package), an image's tag (a manifest asked by tag, then by
+# digest, is one image).
+_NOT_IDENTITY = {"maven": {"type"}, "oci": {"tag"}}
+
+
 def _identity(package: Package) -> tuple:
-    """A package, whatever file of it was fetched (a jar and its pom are one)."""
-    rest = tuple((k, v) for k, v in package.qualifiers if k != "type") \
-        if package.type == "maven" else package.qualifiers
+    """A package, whatever file of it was fetched or however it was named."""
+    skip = _NOT_IDENTITY.get(package.type, set())
+    rest = tuple((k, v) for k, v in package.qualifiers if k not in skip)
     return package.type, package.namespace, package.name, package.version, rest
+
+
+def _with_tag(package: Package, found: list[tuple[Package, Row]]) -> Package:
+    """An image's package with the tag it was asked by, when any request named one."""
+    tags = sorted({dict(p.qualifiers)["tag"] for p, _ in found if "tag" in dict(p.qualifiers)})
+    if package.type != "oci" or not tags or "tag" in dict(package.qualifiers):
+        return package
+    return replace(package, qualifiers=package.qualifiers + (("tag", tags[0]),))
 
 
 def _primary(rows: list[tuple[Package, Row]]) -> tuple[Package, Row]:
@@ -70,7 +85,11 @@ def components(rows: Iterable[Row]) -> list[dict[str, Any]]:
         groups.setdefault(_identity(package), []).append((package, row))
     out = []
     for found in groups.values():
-        package, row = _primary(found)
+        bodies = [(p, r) for p, r in found if r.method != "HEAD"]
+        if not bodies:  # only asked about (a HEAD), never fetched
+            continue
+        package, row = _primary(bodies)
+        package = _with_tag(package, found)
         files = {r.url: r.sha256 for _, r in found}
         out.append({"purl": purl_of(package, grouped=True).to_string(), "package": package,
                     "name": package.name, "version": package.version, "url": row.url,

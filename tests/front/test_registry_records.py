@@ -43,7 +43,9 @@ def test_a_pull_is_recorded_as_an_oci_component(tmp_path, upstream):  # type: ig
         m.mirror.sessions = sessions = Sessions(reactor, records, SessionsConfig())
         session = records.start("pull", ["127.0.0.0/8"], reactor.seconds())
         sessions.reload()
-        yield m.get("/v2/single/manifests/latest")
+        # As Docker pulls: HEAD by tag, then GET by digest.
+        yield m.get("/v2/single/manifests/latest", "HEAD")
+        yield m.get(f"/v2/single/manifests/{top.digest}")
         manifest = json.loads(layout.blobs[top.digest].data)
         blobs = [manifest["config"]["digest"]] + [x["digest"] for x in manifest["layers"]]
         for digest in blobs:
