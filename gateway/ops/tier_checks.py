@@ -16,8 +16,9 @@ TOKEN_FIX = "put the same secret in [cluster] token_file on the children and the
 
 
 def check_tiers(config: Config, timeout: float) -> list:
-    return [*(check_parent(config, url, timeout) for url in config.cluster.parents),
-            check_s3(config, timeout)]
+    """Nothing when neither tier is configured (one host alone needs no such line)."""
+    checks = [check_parent(config, url, timeout) for url in config.cluster.parents]
+    return checks + ([check_s3(config, timeout)] if config.s3.endpoint else [])
 
 
 def check_parent(config: Config, url: str, timeout: float):  # type: ignore[no-untyped-def]
