@@ -107,6 +107,8 @@ class SessionService:
         if not isinstance(name, str) or not isinstance(replay, str) or \
                 not isinstance(clients, list) or not all(isinstance(c, str) for c in clients):
             raise SessionError(400, "name and replay are strings, clients a list of networks")
+        if name and (len(name) > 100 or not name.isprintable() or "/" in name):
+            raise SessionError(400, "a session name is 1-100 printable characters, no '/'")
         try:
             networks = client_networks(clients)
         except ValueError as e:

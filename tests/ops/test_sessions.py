@@ -417,3 +417,19 @@ def test_the_default_client_set_is_a_bridge_network():
     assert interface_network("lo") == "127.0.0.0/8"
     assert interface_network("no-such-if0") is None
     assert client_networks(["10.1.2.3", "192.168.0.0/16"]) == ["10.1.2.3/32", "192.168.0.0/16"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_session_errors_are_one_line(origin, start_gateway, tmp_path, capsys):
+    gw = start_gateway(origin.url)
+    config = cli_config(tmp_path, gw)
+    code, _, err = yield cachegate(capsys, config, "session", "start", "--name", "a/b",
+                                   "--clients", LOOPBACK)
+    assert code == 1 and err == "cachegate: error: a session name is 1-100 printable " \
+                                "characters, no '/'\n"
+    code, _, err = yield cachegate(capsys, config, "session", "stop", "nothing-like-it")
+    assert code == 1 and "no session has the id or name 'nothing-like-it'" in err
+    code, _, err = yield cachegate(capsys, config, "session", "start", "--clients", "bogus")
+    assert code == 1 and "clients:" in err
+    code, _, err = yield cachegate(capsys, config, "session", "run", "--clients", LOOPBACK)
+    assert code == 1 and "needs a command after --" in err
