@@ -156,7 +156,7 @@ class S3Tier:
 
     def start(self) -> defer.Deferred:
         self.pool.start()
-        self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
+        self.reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)
         d = self.in_thread(make_client, self.endpoint, self.region, self.credentials_file,
                            self.timeout)
 
@@ -167,9 +167,13 @@ class S3Tier:
         return d
 
     def stop(self) -> defer.Deferred:
-        if self.pool.started:
-            self.pool.stop()
+        self._stop_pool()
         return self.fetcher.close()
+
+    def _stop_pool(self) -> None:
+        """Once (the service's stop and the reactor's shutdown both ask)."""
+        if self.pool.started and not self.pool.joined:
+            self.pool.stop()
 
     def in_thread(self, call: Callable, *args: Any, **kwargs: Any) -> defer.Deferred:
         return threads.deferToThreadPool(self.reactor, self.pool, call, *args, **kwargs)
