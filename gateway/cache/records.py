@@ -190,10 +190,11 @@ class Records:
         return [_session(r) for r in self._sql(
             "SELECT * FROM Session ORDER BY started").fetchall()]
 
-    def add(self, rows: list[Row]) -> None:
-        """Append rows in one transaction (the handler buffers them: one write per batch,
-        not one per response)."""
-        values = [tuple(getattr(row, f) for f in _RECORD_FIELDS) for row in rows]
+    def add(self, rows: list[Row] | list[tuple]) -> None:
+        """Append rows (``Row``s, or tuples in its field order: what the handler buffers,
+        cheaper per response) in one transaction: one write per batch, not per response."""
+        values = [row if isinstance(row, tuple) else
+                  tuple(getattr(row, f) for f in _RECORD_FIELDS) for row in rows]
         with self.store.cache.transact():
             self.store.cache._con.executemany(
                 f"INSERT INTO Record VALUES ({', '.join('?' * len(_RECORD_FIELDS))})", values)

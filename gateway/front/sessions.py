@@ -106,7 +106,7 @@ class Sessions:
         self.open: list[Session] = []
         self.replays: dict[str, Replay] = {}  # by the replaying session's id
         self._by_client: dict[str, tuple[list[Session], Replay | None]] = {}
-        self._pending: list[Row] = []
+        self._pending: list[tuple] = []  # Row fields, in order
         self._flush_call = None
         self._packages: dict[tuple[str, str], str] = {}
         if not worker:
@@ -215,9 +215,9 @@ class Sessions:
         sessions = self.of_client(client)[0]
         now = self.reactor.seconds()
         for session in sessions:
-            self._pending.append(Row(session.id, now, client, method, url, key or url,
-                                     upstream, package, sha256, size, status, label,
-                                     SOURCES.get(label, label.lower())))
+            self._pending.append((session.id, now, client, method, url, key or url,
+                                  upstream, package, sha256, size, status, label,
+                                  SOURCES.get(label, label.lower())))
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(FLUSH_SECONDS, self.flush)
 
