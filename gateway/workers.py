@@ -384,8 +384,10 @@ class ControlResource(Resource):
             return json.dumps({"stats": self.api.stats(store_figures=False),
                                "metrics": render(self.api.registry).decode()}).encode()
         if request.path == b"/_cachegate/sessions" and request.method == b"POST":
-            self.top.gateway.sessions.reload()  # writes this worker's rows, then re-reads
-            return b"ok\n"
+            sessions = self.top.gateway.sessions
+            sessions.reload()  # writes this worker's rows, then re-reads
+            sessions.idle().addCallback(lambda _: (request.write(b"ok\n"), request.finish()))
+            return server.NOT_DONE_YET
         if request.path == b"/_cachegate/upstreams" and request.method == b"POST":
             self.top.replace_upstreams(with_saved_edits(self.config).upstreams)
             return b"ok\n"

@@ -195,9 +195,18 @@ class Records:
         cheaper per response) in one transaction: one write per batch, not per response."""
         values = [row if isinstance(row, tuple) else
                   tuple(getattr(row, f) for f in _RECORD_FIELDS) for row in rows]
-        with self.store.cache.transact():
-            self.store.cache._con.executemany(
+        # This thread's own connection and transaction, not diskcache's ``transact``:
+        # that one tracks a single transacting thread per cache, and this runs in a
+        # thread while the reactor's may be committing an object.
+        con = self.store.cache._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany(
                 f"INSERT INTO Record VALUES ({', '.join('?' * len(_RECORD_FIELDS))})", values)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
 
     def rows(self, session: Session) -> list[Row]:
         """The session's rows in time order (those written after it stopped are not its:

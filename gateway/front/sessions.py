@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from gateway.cache.records import SOURCES, Records, Row, Session, UnknownSession, package_json
@@ -108,6 +108,8 @@ class Sessions:
         self._by_client: dict[str, tuple[list[Session], Replay | None]] = {}
         self._pending: list[tuple] = []  # Row fields, in order
         self._flush_call = None
+        self._writing: defer.Deferred | None = None  # a batch being written in a thread
+        self._idle: list[defer.Deferred] = []
         self._packages: dict[tuple[str, str], str] = {}
         if not worker:
             self.open_standing()
@@ -219,7 +221,7 @@ class Sessions:
                                   upstream, package, sha256, size, status, label,
                                   SOURCES.get(label, label.lower())))
         if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(FLUSH_SECONDS, self.flush)
+            self._flush_call = self.reactor.callLater(FLUSH_SECONDS, self._flush_in_thread)
 
     def _package(self, upstream: Upstream, path: str) -> str:
         """The row's package JSON, memoised: a build asks for the same URLs again."""
@@ -244,6 +246,42 @@ class Sessions:
             log.error("cannot write {count} record rows yet: {error}", count=len(rows),
                       error=e)
             self._pending[:0] = rows
+
+    def _flush_in_thread(self) -> None:
+        """The timer's flush: the batch is written in a thread (thousands of rows are
+        milliseconds of SQLite that the reactor's other clients need not wait for)."""
+        self._flush_call = None
+        if not self._pending:
+            return
+        if self._writing is not None:  # one batch at a time: the next waits its turn
+            self._flush_call = self.reactor.callLater(FLUSH_SECONDS, self._flush_in_thread)
+            return
+        rows, self._pending = self._pending, []
+        self._writing = d = threads.deferToThreadPool(self.reactor,
+                                                      self.reactor.getThreadPool(),
+                                                      self.records.add, rows)
+
+        def failed(failure):  # type: ignore[no-untyped-def]
+            log.error("cannot write {count} record rows yet: {error}", count=len(rows),
+                      error=failure.getErrorMessage())
+            self._pending[:0] = rows
+
+        def written(_: Any) -> None:
+            self._writing = None
+            waiting, self._idle = self._idle, []
+            for waiter in waiting:
+                waiter.callback(None)
+        d.addErrback(failed)
+        d.addBoth(written)
+
+    def idle(self) -> defer.Deferred:
+        """Fires once no batch is being written in a thread (``flush`` writes the rest):
+        after ``reload()`` and this, every row served before is in the database."""
+        if self._writing is None:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._idle.append(d)
+        return d
 
     def describe(self) -> list[dict[str, Any]]:
         return [s.as_dict() for s in self.open]

@@ -165,7 +165,9 @@ class SessionService:
     def changed(self) -> defer.Deferred:
         """Reload here, and in every worker (which writes its rows first)."""
         self.live.reload()
-        return tell_workers(self.top, "/_cachegate/sessions")
+        d = self.live.idle()
+        d.addCallback(lambda _: tell_workers(self.top, "/_cachegate/sessions"))
+        return d
 
     def export(self, doc: Any) -> defer.Deferred:
         if not isinstance(doc, dict) or not isinstance(doc.get("path"), str):
