@@ -88,6 +88,7 @@ class SessionService:
         self.records: Records = self.live.records
         self.in_thread = lambda f, *a: threads.deferToThreadPool(
             reactor, reactor.getThreadPool(), f, *a)
+        self.work = Progress("", 0)  # the bundle being written or read, if any
 
     def find(self, ref: str) -> Session:
         try:
@@ -174,20 +175,41 @@ class SessionService:
             raise SessionError(400, 'body must be {"session"|"pin"|"all", "path": FILE}')
         d = self.changed()
         d.addCallback(lambda _: self.in_thread(export_to, self.top.store, self.records,
-                                               self.top.config, doc, doc["path"]))
+                                               self.top.config, doc, doc["path"],
+                                               self._progress("export", 0)))
         return d
+
+    def _progress(self, action: str, total: int) -> Progress:
+        """A bundle's progress as ``GET /api/bundles/progress`` reports it (the CLI's bar
+        while it waits); told of bytes from the thread doing the work."""
+        self.work = work = Progress(action, total)
+        return work
 
     def import_(self, doc: Any) -> defer.Deferred:
         if not isinstance(doc, dict) or not isinstance(doc.get("path"), str):
             raise SessionError(400, 'body must be {"path": FILE, "pin"?: NAME}')
         path, pin = doc["path"], doc.get("pin") or bundles.pin_name_for(doc["path"])
-        d = self.in_thread(import_from, self.top.store, path, pin, self.reactor.seconds())
+        d = self.in_thread(import_from, self.top.store, path, pin, self.reactor.seconds(),
+                           self._progress("import", bundles.bundle_size(path)))
         d.addCallback(self._imported)
         return d
 
     def _imported(self, result: dict[str, Any]) -> dict[str, Any]:
         self.live.reload()  # imported sessions may be replayed now
         return result
+
+
+class Progress:
+    """Bytes done of a bundle's total (``total`` set by ``export_to`` once it knows)."""
+
+    def __init__(self, action: str, total: int) -> None:
+        self.action, self.total, self.done = action, total, 0
+
+    def __call__(self, count: int) -> None:
+        self.done += count
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "total": self.total, "done": self.done}
 
 
 def tell_workers(top, path: str) -> defer.Deferred:  # type: ignore[no-untyped-def]
@@ -270,6 +292,8 @@ def routes(service: SessionService, path: str, body: Callable[[Any], Any]
         return {"POST": lambda r, q: service.export(body(r))}
     if path == "/api/import":
         return {"POST": lambda r, q: service.import_(body(r))}
+    if path == "/api/bundles/progress":
+        return {"GET": lambda r, q: service.work.as_dict()}
     if not path.startswith("/api/sessions/"):
         return None
     rest = path[len("/api/sessions/"):]
@@ -518,8 +542,9 @@ def _export(args: argparse.Namespace, config: Config) -> int:
     doc = {"session": args.session, "pin": args.pin, "all": args.all}
     client = AdminClient(config, timeout=None)
     if args.output != "-" and client.running():
-        result = client.json("POST", "/api/export",
-                             body=dict(doc, path=str(Path(args.output).resolve())))
+        with _watching(client, "export"):
+            result = client.json("POST", "/api/export",
+                                 body=dict(doc, path=str(Path(args.output).resolve())))
     else:
         store, records = _offline_records(config)
         bar = bundles.Bar(1, "export")
@@ -538,8 +563,9 @@ def _import(args: argparse.Namespace, config: Config) -> int:
     pin = args.pin or bundles.pin_name_for(args.file)
     client = AdminClient(config, timeout=None)
     if args.file != "-" and client.running():
-        result = client.json("POST", "/api/import",
-                             body={"path": str(Path(args.file).resolve()), "pin": pin})
+        with _watching(client, "import"):
+            result = client.json("POST", "/api/import",
+                                 body={"path": str(Path(args.file).resolve()), "pin": pin})
     else:
         import time
         store = _open_store_for_import(config)
@@ -559,6 +585,38 @@ def _import(args: argparse.Namespace, config: Config) -> int:
               f"{len(result['drift'])} drift, {len(result['refused'])} refused; "
               f"pinned as {result['pin']}")
     return EXIT_ERROR if result["refused"] else EXIT_OK
+
+
+class _watching:
+    """While the gateway exports or imports, a bar from its progress (on a terminal)."""
+
+    def __init__(self, client, action: str) -> None:  # type: ignore[no-untyped-def]
+        import threading
+        self.client, self.action = client, action
+        self.bar = bundles.Bar(1, action)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self.stop.wait(0.3):
+            try:
+                work = self.client.json("GET", "/api/bundles/progress", timeout=2.0)
+            except Exception:  # noqa: BLE001 - only the bar suffers
+                continue
+            if work.get("action") == self.action and work.get("total"):
+                self.bar.total = work["total"]
+                self.bar(work["done"] - self.bar.done)
+
+    def __enter__(self) -> "_watching":
+        if self.bar.on:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        self.bar.close()
 
 
 def _open_store_for_import(config: Config) -> Store:

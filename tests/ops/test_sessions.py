@@ -386,6 +386,13 @@ def test_an_import_never_overwrites_other_bytes_stored_under_a_url(
     assert again.body == other and again.headers["x-cache"] == "HIT"
     pins = gw_b.store.pins()
     assert pins["import:app.tar"]["keys"] == len(result["imported"])
+    # It went through B's admin API, which reports its progress (the CLI's bar).
+    from gateway.config import load_config
+    from gateway.ops.admin_client import AdminClient
+    work = yield threads.deferToThread(AdminClient(load_config(cli_config(tmp_path, gw_b))).json,
+                                       "GET", "/api/bundles/progress")
+    assert work["action"] == "import" and 0 < work["done"] <= work["total"] == \
+        bundle.stat().st_size
 
 
 @pytest_twisted.inlineCallbacks
