@@ -6,7 +6,8 @@
 - ``GET /api/sessions/REF`` (the session and its rows), ``POST /api/sessions/REF/stop``,
   ``GET /api/sessions/REF/sbom`` (CycloneDX 1.6); REF is an id or a name (the latest);
 - ``POST /api/export`` ``{"session"|"pin"|"all", "path"}`` and ``POST /api/import``
-  ``{"path", "pin"?}``: bundles written and read by the gateway (files on its host).
+  ``{"path", "pin"?}``: bundles written and read by the gateway (files on its host);
+  ``GET /api/bundles/progress``: bytes done of the last one.
 
 The gateway process keeps the sessions (``front/sessions.py``); with worker processes the
 supervisor tells each worker when they change (``/_cachegate/sessions``) and waits for
