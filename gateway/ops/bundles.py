@@ -226,8 +226,9 @@ def _read_json(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Any:
 
 def _objects_by_sha(doc: Any) -> dict[str, list[dict[str, Any]]]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise BundleError(f"unknown bundle format {doc.get('format') if isinstance(doc, dict) else doc!r}"
-                          f" (this cachegate reads format {FORMAT})")
+        found = doc.get("format") if isinstance(doc, dict) else doc
+        raise BundleError(f"unknown bundle format {found!r} (this cachegate reads format "
+                          f"{FORMAT})")
     out: dict[str, list[dict[str, Any]]] = {}
     for obj in doc.get("objects", []):
         out.setdefault(str(obj["sha256"]).lower(), []).append(obj)
@@ -335,7 +336,8 @@ class Bar:
             share = min(1.0, self.done / self.total)
             filled = int(share * 30)
             self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] "
-                              f"{share:4.0%} {self.done / 2**20:,.0f}/{self.total / 2**20:,.0f} MiB")
+                              f"{share:4.0%} {self.done / 2**20:,.0f}/"
+                              f"{self.total / 2**20:,.0f} MiB")
             self.stream.flush()
 
     def close(self) -> None:
