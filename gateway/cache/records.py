@@ -33,11 +33,11 @@ _TABLES = (
     " client TEXT NOT NULL, method TEXT NOT NULL, url TEXT NOT NULL, key TEXT NOT NULL,"
     " upstream TEXT NOT NULL, package TEXT NOT NULL, sha256 TEXT NOT NULL,"
     " size INTEGER NOT NULL, status INTEGER NOT NULL, label TEXT NOT NULL,"
-    " source TEXT NOT NULL)",
+    " source TEXT NOT NULL, count INTEGER NOT NULL DEFAULT 1)",
     "CREATE INDEX IF NOT EXISTS Record_session ON Record (session, time)",
 )
 _RECORD_FIELDS = ("session", "time", "client", "method", "url", "key", "upstream", "package",
-                  "sha256", "size", "status", "label", "source")
+                  "sha256", "size", "status", "label", "source", "count")
 
 # Where a response's body came from, by the X-Cache label the handler gives it.
 SOURCES = {"HIT": "cache", "REVALIDATED": "cache", "REPLAY": "cache", "MISS": "upstream",
@@ -108,6 +108,9 @@ class Row:
     status: int
     label: str
     source: str  # cache | upstream | stale | passthrough | error
+    # Identical responses within one written batch (0.1 s) are one row: ``time`` is the
+    # first's.  A build that asks for the same URL a thousand times costs a row, not 1000.
+    count: int = 1
 
     @property
     def base(self) -> str:
@@ -225,7 +228,7 @@ class Records:
                            session.started, session.stopped, session.replay,
                            int(session.overlap)))
                 for doc in rows:
-                    doc = dict(doc, session=session.id,
+                    doc = dict(doc, session=session.id, count=doc.get("count", 1),
                                package=package_json(package_from(doc.get("package"))))
                     self._sql(f"INSERT INTO Record VALUES "
                               f"({', '.join('?' * len(_RECORD_FIELDS))})",

@@ -97,6 +97,12 @@ class Replay:
         return {r.sha256 for rows in self.by_base.values() for r in rows if r.sha256}
 
 
+def _rows(pending: dict[tuple, list]) -> list[tuple]:
+    """Buffered responses as rows in ``Record``'s column order."""
+    return [fields[:1] + (first,) + fields[1:] + (count,)
+            for fields, (first, count) in pending.items()]
+
+
 class Sessions:
     """The open sessions of this process's view, and its unwritten rows."""
 
@@ -106,7 +112,9 @@ class Sessions:
         self.open: list[Session] = []
         self.replays: dict[str, Replay] = {}  # by the replaying session's id
         self._by_client: dict[str, tuple[list[Session], Replay | None]] = {}
-        self._pending: list[tuple] = []  # Row fields, in order
+        # Row fields but time and count, in order -> [first time, count]: identical
+        # responses within a batch are one row.
+        self._pending: dict[tuple, list] = {}
         self._flush_call = None
         self._writing: defer.Deferred | None = None  # a batch being written in a thread
         self._idle: list[defer.Deferred] = []
@@ -217,9 +225,13 @@ class Sessions:
         sessions = self.of_client(client)[0]
         now = self.reactor.seconds()
         for session in sessions:
-            self._pending.append((session.id, now, client, method, url, key or url,
-                                  upstream, package, sha256, size, status, label,
-                                  SOURCES.get(label, label.lower())))
+            fields = (session.id, client, method, url, key or url, upstream, package, sha256,
+                      size, status, label, SOURCES.get(label, label.lower()))
+            seen = self._pending.get(fields)
+            if seen is None:
+                self._pending[fields] = [now, 1]
+            else:
+                seen[1] += 1
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(FLUSH_SECONDS, self._flush_in_thread)
 
@@ -239,13 +251,13 @@ class Sessions:
         self._flush_call = None
         if not self._pending:
             return
-        rows, self._pending = self._pending, []
+        rows, self._pending = _rows(self._pending), {}
         try:
             self.records.add(rows)
         except Exception as e:  # noqa: BLE001 - a busy or full database: keep them
             log.error("cannot write {count} record rows yet: {error}", count=len(rows),
                       error=e)
-            self._pending[:0] = rows
+            self._keep(rows)
 
     def _flush_in_thread(self) -> None:
         """The timer's flush: the batch is written in a thread (thousands of rows are
@@ -256,7 +268,7 @@ class Sessions:
         if self._writing is not None:  # one batch at a time: the next waits its turn
             self._flush_call = self.reactor.callLater(FLUSH_SECONDS, self._flush_in_thread)
             return
-        rows, self._pending = self._pending, []
+        rows, self._pending = _rows(self._pending), {}
         self._writing = d = threads.deferToThreadPool(self.reactor,
                                                       self.reactor.getThreadPool(),
                                                       self.records.add, rows)
@@ -264,7 +276,7 @@ class Sessions:
         def failed(failure):  # type: ignore[no-untyped-def]
             log.error("cannot write {count} record rows yet: {error}", count=len(rows),
                       error=failure.getErrorMessage())
-            self._pending[:0] = rows
+            self._keep(rows)
 
         def written(_: Any) -> None:
             self._writing = None
@@ -282,6 +294,16 @@ class Sessions:
         d: defer.Deferred = defer.Deferred()
         self._idle.append(d)
         return d
+
+    def _keep(self, rows: list[tuple]) -> None:
+        """Rows that could not be written go back in front of the newer ones."""
+        kept = {row[:1] + row[2:-1]: [row[1], row[-1]] for row in rows}
+        for fields, seen in self._pending.items():
+            if fields in kept:
+                kept[fields][1] += seen[1]
+            else:
+                kept[fields] = seen
+        self._pending = kept
 
     def describe(self) -> list[dict[str, Any]]:
         return [s.as_dict() for s in self.open]

@@ -71,7 +71,7 @@ def replay_missing(store: Store, records: Records, source: Session) -> tuple[lis
 def session_doc(session: Session, records: Records, with_rows: bool = False) -> dict[str, Any]:
     rows = records.rows(session)
     doc = session.as_dict()
-    doc["responses"] = len(rows)
+    doc["responses"] = sum(r.count for r in rows)
     doc["packages"] = len(components(rows))
     if with_rows:
         doc["rows"] = [r.as_dict() for r in rows]
