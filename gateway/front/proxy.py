@@ -415,8 +415,16 @@ class ProxyProtocol(ClientSide):
                      client=self.client, host=chosen.host, port=chosen.port)
             self.transport.write(ESTABLISHED)
             self._hand_over(rest, tls=chosen.tls, host=chosen.host)
+        elif self._replaying():
+            self._refuse(403, f"CONNECT {chosen.host}:{chosen.port}: this client is in a "
+                              "replayed session, which serves only recorded URLs")
         else:
             self._open_tunnel(chosen, rest)
+
+    def _replaying(self) -> bool:
+        """Whether this client is held to a replayed record: a tunnel would bypass it."""
+        gateway = getattr(self.context.site, "gateway", None)
+        return gateway is not None and gateway.sessions.replay_for(self.client) is not None
 
     # -- handing over to the site ------------------------------------------------------
 

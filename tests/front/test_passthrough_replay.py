@@ -62,3 +62,25 @@ async def test_no_passthrough_tunnel_for_a_client_in_a_replay(
     stats = gateway.service.passthrough.stats.as_dict()
     assert stats["rejected"] >= 1 and stats["tunnelled"] == 0
     assert https_origin.count(f"/pypi{SIMPLE_A}") == 0
+
+
+def connect(port: int, target: str) -> bytes:
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        return answer
+
+
+@pytest_twisted.inlineCallbacks
+def test_no_proxy_tunnel_for_a_client_in_a_replay(start_tls_gateway, https_origin):
+    from twisted.internet.threads import deferToThread
+    gw = start_tls_gateway(https_origin.url, proxy=True)
+    replaying(gw)
+    # A host outside the catalogue, and a catalogue host on a port we do not serve.
+    for target in ("example.org:443", f"{PYPI_HOST}:8443"):
+        answer = yield deferToThread(connect, gw.proxy_port, target)
+        assert answer.startswith(b"HTTP/1.1 403"), answer
+        assert b"replayed session" in answer
