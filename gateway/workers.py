@@ -63,6 +63,8 @@ RESTART_SECONDS = 0.5
 # On stop, a worker gets this long to finish before it is killed.
 STOP_SECONDS = 10.0
 LISTEN_BACKLOG = 1024
+# A starting worker waits this long at most for its siblings' sockets before it accepts.
+SIBLINGS_SECONDS = 5.0
 PR_SET_PDEATHSIG = 1
 CONTROL_HOST = "cachegate.worker"  # the Host of the supervisor's own requests to a worker
 
@@ -106,6 +108,8 @@ class WorkerPool(service.Service):
     def startService(self) -> None:  # noqa: N802
         super().startService()
         self.directory.mkdir(mode=0o700, exist_ok=True)
+        for stale in self.directory.glob("*.sock"):  # a previous run's: not answering
+            stale.unlink()
         self.top.external_ports = {}
         for kind, address, port in client_ports(self.top.config, self.top.addresses):
             # The registry mirror's flights are its own (by digest, not by owner): one
@@ -402,10 +406,6 @@ def make_worker(config: Config, reactor, index: int, count: int,  # type: ignore
     top = GatewayService(with_saved_edits(config), reactor, activity, worker=f"w{index}")
     factories = client_factories(top, reactor)
     top.external_ports = {}
-    for kind, fd, family in sockets:
-        port = reactor.adoptStreamPort(fd, socket.AddressFamily(family), factories[kind])
-        os.close(fd)
-        top.external_ports.setdefault(kind, []).append(port.getHost().port)
     directory = runtime_dir(config)
     top.gateway.owners = Owners(reactor, index, count, directory, config.cache.idle_timeout)
     api = AdminAPI(top, config.upstreams, activity, reactor, "", True)
@@ -414,7 +414,36 @@ def make_worker(config: Config, reactor, index: int, count: int,  # type: ignore
     path = socket_path(directory, index)
     path.unlink(missing_ok=True)  # a predecessor's, killed before it could remove it
     reactor.listenUNIX(str(path), site, backlog=LISTEN_BACKLOG, mode=0o600)
+    siblings = [socket_path(directory, i) for i in range(count) if i != index]
+    d = _appeared(reactor, siblings, SIBLINGS_SECONDS)
+    d.addCallback(lambda _: _accept_clients(top, reactor, sockets, factories))
     return top
+
+
+def _appeared(reactor, paths: list[Path], seconds: float) -> defer.Deferred:  # type: ignore[no-untyped-def]
+    """Fires once every path exists, or after ``seconds`` (then the missing ones are
+    logged): a worker takes clients only once it can reach the owners of their keys, so
+    the first requests after a start are not fetched twice."""
+    deadline = reactor.seconds() + seconds
+
+    def look() -> defer.Deferred | None:
+        missing = [p for p in paths if not p.exists()]
+        if not missing:
+            return None
+        if reactor.seconds() >= deadline:
+            log.error("workers not answering: {missing}: taking clients anyway",
+                      missing=", ".join(str(p) for p in missing))
+            return None
+        return task.deferLater(reactor, 0.05, look)
+    return defer.maybeDeferred(look)
+
+
+def _accept_clients(top: GatewayService, reactor, sockets: list[tuple[str, int, int]],  # type: ignore[no-untyped-def]
+                    factories: dict) -> None:
+    for kind, fd, family in sockets:
+        port = reactor.adoptStreamPort(fd, socket.AddressFamily(family), factories[kind])
+        os.close(fd)
+        top.external_ports.setdefault(kind, []).append(port.getHost().port)
 
 
 def _die_with_parent() -> None:

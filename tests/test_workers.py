@@ -271,3 +271,21 @@ def test_a_client_rejecting_the_ca_at_one_worker_is_tunnelled_by_the_other(tmp_p
         assert type(memo(type("Top", (), {"store": alone}), clock, "untrusted")) is UntrustedMemo
     finally:
         alone.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_requests_arriving_while_the_workers_start_still_make_one_origin_request(origin,
+                                                                                 tmp_path):
+    """The supervisor's sockets accept before the workers run; a worker takes clients only
+    once its siblings answer, so the first misses still go to their owners."""
+    paths = [f"/maven2/org/ex/workers/start/{i}/s-{i}.jar" for i in range(8)]
+    for path in paths:
+        make_blob(origin.root / "maven" / path.lstrip("/"), 100_000)
+    gw = yield GatewayProcess(tmp_path, origin.url, workers=2).ready()  # ports only
+    try:
+        replies = yield defer.gatherResults([fetch(gw.port, HOST, path)
+                                             for path in paths for _ in range(4)])
+        assert all(reply.status == 200 for reply in replies)
+        assert [origin.count("/maven" + path) for path in paths] == [1] * len(paths)
+    finally:
+        gw.stop()
