@@ -103,6 +103,9 @@ def test_a_herd_over_both_workers_makes_one_origin_request(origin, tmp_path):
         assert origin.count("/maven" + path) == 1
         stats = yield gathered(gw, 50)
         assert stats["gateway"]["total"]["requests"] == {"MISS": 1, "HIT": 49}, stats["gateway"]
+        log = (tmp_path / f"gateway-{gw.port}.log").read_text()
+        hops = [line for line in log.splitlines() if f"] hop GET {HOST}{path} " in line]
+        assert len(hops) == 1, hops  # the other worker's clients shared one relay
         metrics = yield admin(gw, "GET", "/metrics")
         spread = per_worker_requests(metrics)
         assert set(spread) == {"0", "1"} and sum(spread.values()) == 50, spread

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 from urllib.parse import urlsplit
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -100,6 +100,7 @@ class Gateway:
         self._heads: dict[str, tuple[Entry, bytes]] = {}
         self.client_errors = LogBudget(reactor.seconds)  # bounds the warn lines they cost
         self.owners: Owners | None = None  # set in a worker process (gateway/workers.py)
+        self._hops: dict[tuple[str, str], Multicast] = {}  # relays from owners, by key
         self.sessions = Sessions(reactor, Records(store), config.sessions, store.worker)
 
     # -- routing ---------------------------------------------------------------------
@@ -292,24 +293,50 @@ class Gateway:
 
     def _via_owner(self, ex: Exchange, target: Target, stale: Entry | None,
                    owner: int) -> None:
-        """A key another worker owns: that worker's one fetch, relayed here unstored.
-        Range and conditionals are answered here, so the owner sends the whole body."""
+        """A key another worker owns: that worker's one fetch, relayed here unstored and
+        shared by this worker's clients of the key while it runs (a herd costs one hop
+        per worker, not one per client)."""
+        hop = (ex.method, target.key)
+        shared = self._hops.get(hop)
+        first = shared is None
+        if shared is None:
+            shared = self._hops[hop] = self._hop(ex, owner, hop)
+        d = shared.join()
+        d.addCallback(self._owner_answered, ex, target, stale, first)
+        d.addErrback(self._bug, ex)
+
+    def _hop(self, ex: Exchange, owner: int, hop: tuple[str, str]) -> "Multicast":
+        """Range and conditionals are answered here, so the owner sends the whole body."""
         assert self.owners is not None
+        shared = Multicast()
         headers = {k: v for k, v in ex.headers.items() if k not in _ANSWERED_HERE}
         d = self.flights.relay(ex.method, self.owners.url(owner, ex.path),
                                hop_headers(headers, ex.host), None, self.owners.fetcher, True)
-        d.addCallback(self._owner_answered, ex, target, stale)
-        d.addErrback(self._bug, ex)
+
+        def answered(outcome: Outcome) -> None:
+            if isinstance(outcome, Streaming):  # joinable until its body ends
+                outcome.download.on_finish(lambda _: self._hops.pop(hop, None))
+            else:
+                self._hops.pop(hop, None)
+            shared.resolve(outcome)
+
+        def failed(failure: Failure) -> None:
+            log.failure("relay of {key} failed", failure, key=hop[1])
+            self._hops.pop(hop, None)
+            shared.resolve(Failed(500, "internal error"))
+        d.addCallbacks(answered, failed)
+        return shared
 
     def _owner_answered(self, outcome: Outcome, ex: Exchange, target: Target,
-                        stale: Entry | None) -> None:
+                        stale: Entry | None, first: bool) -> None:
         if isinstance(outcome, Failed):  # the owner is away (dead, restarting)
             log.warn("owner of {key} did not answer ({reason}): fetching it here",
                      key=target.key, reason=outcome.reason)
             return self._obtain(ex, target, stale)
-        if ex.gone and isinstance(outcome, Streaming):
-            return outcome.download.finish(Failure(ConnectionAbortedError("client gone")))
-        self._serve_outcome(outcome, ex)
+        if isinstance(outcome, Streaming) and not first:  # joined a download: a hit
+            outcome = replace(outcome, label="HIT")
+        if not ex.gone:  # else the relay goes on for this worker's other clients
+            self._serve_outcome(outcome, ex)
 
     def _fresh(self, upstream: Upstream, rule: Rule, headers: dict[str, str],
                entry: Entry) -> bool:
@@ -543,6 +570,26 @@ def _printable(raw: bytes, limit: int = 200) -> str:
     cut short."""
     text = raw[:limit].decode("latin-1").encode("unicode_escape").decode("ascii")
     return text + ("..." if len(raw) > limit else "")
+
+
+class Multicast:
+    """One outcome for every client that asks while it is awaited."""
+
+    def __init__(self) -> None:
+        self.outcome: Outcome | None = None
+        self.waiters: list[defer.Deferred] = []
+
+    def join(self) -> defer.Deferred:
+        if self.outcome is not None:
+            return defer.succeed(self.outcome)
+        d: defer.Deferred = defer.Deferred()
+        self.waiters.append(d)
+        return d
+
+    def resolve(self, outcome: Outcome) -> None:
+        self.outcome, waiters, self.waiters = outcome, self.waiters, []
+        for d in waiters:
+            d.callback(outcome)
 
 
 # What a hop leaves to the asking worker: it serves ranges and 304s from the relayed body.
