@@ -13,14 +13,11 @@ from __future__ import annotations
 import hmac
 from pathlib import Path
 
-from twisted.logger import Logger
 from twisted.web import http, server
-from twisted.web.resource import Resource
 
 from gateway.cache.tiers import INSTANCE_HEADER, TOKEN_HEADER, bearer
-from gateway.front.handler import Gateway
+from gateway.front.handler import Gateway, GatewayResource
 
-log = Logger()
 
 
 def read_token(path: str) -> str:
@@ -37,12 +34,12 @@ class ClusterChannel(http.HTTPChannel):
     cluster = True
 
 
-class ClusterResource(Resource):
-    isLeaf = True
+class ClusterResource(GatewayResource):
+    """The gateway, for children that show the cluster token."""
 
     def __init__(self, gateway: Gateway, token: str, instance: str = "") -> None:
-        super().__init__()
-        self.gateway, self.instance = gateway, instance
+        super().__init__(gateway)
+        self.instance = instance
         self.expected = bearer(token).encode()
         self.refused = 0
 
@@ -64,13 +61,7 @@ class ClusterResource(Resource):
         if not request.uri.startswith((b"http://", b"HTTP://")):
             self.gateway._error(request, 400, "a cluster request is absolute-form")
             return server.NOT_DONE_YET
-        try:
-            self.gateway.handle(request)
-        except Exception:
-            log.failure("error handling {uri}", uri=request.uri)
-            if not request.startedWriting:
-                self.gateway._error(request, 500, "internal error")
-        return server.NOT_DONE_YET
+        return super().render(request)
 
 
 class ClusterSite(server.Site):
