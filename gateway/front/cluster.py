@@ -19,7 +19,6 @@ from gateway.cache.tiers import INSTANCE_HEADER, TOKEN_HEADER, bearer
 from gateway.front.handler import Gateway, GatewayResource
 
 
-
 def read_token(path: str) -> str:
     """The shared secret (one line; surrounding white space ignored)."""
     token = Path(path).read_text().strip()
