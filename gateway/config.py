@@ -51,7 +51,8 @@ class ServerConfig:
     https_port: int = 443
     proxy_port: int = 0
     admin: tuple[str, int] = ("127.0.0.1", 3129)
-    workers: int = 1  # HTTP(S) worker processes; 1 = everything in one process
+    # HTTP(S) worker processes: "auto" = one per usable core; 1 = everything in one process
+    workers: int = field(default_factory=lambda: parse_workers("auto"))
 
 
 @dataclass(frozen=True)

@@ -312,14 +312,15 @@ class HostGateway:
         return self.log_path.stat().st_size
 
     def served(self, since: int = 0) -> list[Served]:
-        """The request lines logged after byte offset ``since`` (see ``log_size``)."""
+        """The request lines logged after byte offset ``since`` (see ``log_size``); a
+        worker's line for a sibling's hop is not a client's request."""
         with open(self.log_path, "rb") as f:
             f.seek(since)
             text = f.read().decode(errors="replace")
         out = []
         for line in text.splitlines():
             m = _SERVED.search(line)
-            if m:
+            if m and m["client"] != "hop":
                 out.append(Served(m["client"], m["method"], m["host"], m["path"],
                                   int(m["status"]), m["label"], int(m["sent"]), int(m["ms"])))
         return out

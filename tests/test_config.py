@@ -1,5 +1,6 @@
 """The configuration file: defaults, overrides, and errors that name file, key and reason."""
 
+import os
 import subprocess
 import sys
 
@@ -19,6 +20,13 @@ def test_every_key_has_a_default(tmp_path):
     assert config.cache.size_limit == 50 * 2**30 and not config.cache.offline
     assert {"debian", "ubuntu", "alpine", "pypi", "npm", "maven"} <= \
         {u.name for u in config.upstreams}
+
+
+def test_workers_default_to_one_per_usable_core():
+    cores = len(os.sched_getaffinity(0))
+    assert parse_config({}, "c.toml").server.workers == cores
+    assert parse_config({"server": {"workers": "auto"}}, "c.toml").server.workers == cores
+    assert parse_config({"server": {"workers": 3}}, "c.toml").server.workers == 3
 
 
 def test_trust_images_accepts_docker_references():
@@ -67,6 +75,8 @@ def test_upstream_entries_are_overridden_and_extended():
     ({"trust": {"images": ["Debian:12"]}}, "trust.images", "not an image reference"),
     ({"trust": {"images": ["debian@sha256:00"]}}, "trust.images", "digest reference"),
     ({"trust": {"image": []}}, "trust.image", "unknown key"),
+    ({"server": {"workers": 0}}, "server.workers", "between 1 and"),
+    ({"server": {"workers": "many"}}, "server.workers", 'expected "auto"'),
 ])
 def test_bad_values_name_file_key_and_reason(data, key, reason):
     with pytest.raises(ConfigError) as info:

@@ -189,6 +189,8 @@ class Store:
         self.by_digest = _content_index(self.cache)
         for statement in _SIDE_TABLES:
             self.cache._sql(statement)
+        if not worker:  # what the workers of a previous run remembered (e.g. CA rejections)
+            self.cache._sql("DELETE FROM Memo")
         self._touched: dict[str, float] = {}
         self._hot: OrderedDict[str, Entry] = OrderedDict()  # recently read entries
         self._vary: OrderedDict[str, tuple[str, ...]] = OrderedDict()
