@@ -1,6 +1,7 @@
 """Worker processes: every core of the host serving clients from one store.
 
-With ``[server] workers = N`` (N > 1) ``cachegate serve`` is a supervisor.  It binds every
+With ``[server] workers = N`` (N > 1; the default, "auto", is one per usable core)
+``cachegate serve`` is a supervisor.  It binds every
 client port once (HTTP, HTTPS, the proxy, the registry mirror) and hands the listening
 sockets to N worker processes, which accept on them side by side (the kernel spreads the
 connections).  The supervisor keeps what must happen once: cleaning ``partial/`` at start,
@@ -9,9 +10,10 @@ workers over their internal sockets.  It restarts a worker that dies; the socket
 open in the supervisor meanwhile, so no connection is refused.
 
 A worker serves hits straight from the shared store.  Each cache key has one owner
-worker, whose flights do the key's single upstream fetch; the others relay its stream
-(``front/owners.py``).  The supervisor itself is such an asker for the admin API's
-fetches (``cachegate warm``).
+worker, whose flights do the key's single upstream fetch; the others relay its stream,
+one relay per key shared by their clients (``front/owners.py``, ``Gateway._via_owner``).
+A starting worker takes clients once its siblings' sockets exist.  The supervisor itself
+is such an asker for the admin API's fetches (``cachegate warm``).
 
 Each worker has a listening socket of its own on each port (``SO_REUSEPORT``): the kernel
 spreads connections evenly (one shared socket woke every worker and let one take them all,
