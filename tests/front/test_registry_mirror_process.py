@@ -4,6 +4,7 @@ fill leaves nothing partial to serve after a restart."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def _serve(config: Path, log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "gateway.ops.cli", "--config",
                                  str(config), "serve"], cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
 async def _until(condition, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
@@ -70,7 +71,7 @@ async def test_kill_9_during_a_blob_fill_leaves_nothing_partial(tmp_path):  # ty
         partial = state / "cache" / "partial"
         await _until(lambda: any(p.stat().st_size >= 1_000_000 for p in partial.rglob("*")
                                  if p.is_file()), "no partial file filled")  # or a worker's
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the gateway and its workers, as in a crash
         proc.wait(10)
         await pending
         assert any(p.is_file() for p in partial.rglob("*"))  # the debris of the crash
