@@ -18,6 +18,10 @@ BUCKET = "cachegate-test"
 ACCESS = "cachegate-test-key:cachegate-test-secret"  # weed without identities takes any
 
 
+class SeaweedExited(RuntimeError):
+    """SeaweedFS ended while starting (e.g. a port taken since it was picked)."""
+
+
 class S3Server:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -27,7 +31,21 @@ class S3Server:
         self.credentials.write_text(ACCESS + "\n")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "S3Server":
+    def start(self, attempts: int = 3) -> "S3Server":
+        """Start it; ports are picked free but may be taken before SeaweedFS binds them
+        (by another process's outgoing connection): then it exits, and is started again
+        on other ports."""
+        for attempt in range(attempts):
+            try:
+                return self._start()
+            except SeaweedExited:
+                if attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+                self.endpoint = f"http://127.0.0.1:{self.port}"
+        raise AssertionError("unreachable")
+
+    def _start(self) -> "S3Server":
         data = self.directory / "weed-data"
         data.mkdir(exist_ok=True)
         ports = {name: free_port() for name in (
@@ -56,7 +74,9 @@ class S3Server:
                 client.delete_object(Bucket=BUCKET, Key="warm-up")
                 return
             except Exception as e:  # noqa: BLE001 - not up yet
-                if time.monotonic() > deadline or self.proc.poll() is not None:
+                if self.proc.poll() is not None:
+                    raise SeaweedExited(f"SeaweedFS exited: {e} (see {self.directory}/weed.log)")
+                if time.monotonic() > deadline:
                     raise RuntimeError(f"SeaweedFS did not start: {e}") from None
                 time.sleep(0.2)
 
