@@ -284,3 +284,11 @@ class Gateways:
         if self.current is not None:
             self.current.stop()
         self.current = self.role = None
+
+
+def stand_in_for(origin, daemon, work):  # type: ignore[no-untyped-def]
+    """A fixture's body: the stand-in "real upstream" for as long as the fixture lives."""
+    import pytest_twisted
+    made = StandIn(origin, daemon, work)
+    yield made
+    pytest_twisted.blockon(made.stop())

@@ -727,3 +727,13 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def serve_tree(root: Path):  # type: ignore[no-untyped-def]
+    """A fixture's body: an origin serving ``root`` for as long as the fixture lives."""
+    import pytest_twisted
+    from twisted.internet import reactor
+    server = Origin(root, reactor)
+    server.listen()
+    yield server
+    pytest_twisted.blockon(server.stop_serving())

@@ -63,9 +63,7 @@ def origin(repo):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def stand_in(origin, docker_daemon, tmp_path_factory):  # type: ignore[no-untyped-def]
-    made = db.StandIn(origin, docker_daemon, tmp_path_factory.mktemp("stand-in"))
-    yield made
-    pytest_twisted.blockon(made.stop())
+    yield from db.stand_in_for(origin, docker_daemon, tmp_path_factory.mktemp("stand-in"))
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,12 @@ import re
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, threads
 
 from tests import docker_builds as db
 from tests.clients import need
 from tests.fixtures import Fixtures, build_fixtures
-from tests.origin import Origin
+from tests.origin import Origin, serve_tree
 
 BUILDERS = ("legacy", "buildkit")
 # The origin's delay before each answer in the concurrent cold builds: long enough that
@@ -45,17 +45,12 @@ def tree(docker_daemon, tmp_path_factory) -> Fixtures:  # type: ignore[no-untype
 
 @pytest.fixture(scope="module")
 def origin(tree):  # type: ignore[no-untyped-def]
-    server = Origin(tree.root, reactor)
-    server.listen()
-    yield server
-    pytest_twisted.blockon(server.stop_serving())
+    yield from serve_tree(tree.root)
 
 
 @pytest.fixture(scope="module")
 def stand_in(origin, docker_daemon, tmp_path_factory):  # type: ignore[no-untyped-def]
-    made = db.StandIn(origin, docker_daemon, tmp_path_factory.mktemp("stand-in"))
-    yield made
-    pytest_twisted.blockon(made.stop())
+    yield from db.stand_in_for(origin, docker_daemon, tmp_path_factory.mktemp("stand-in"))
 
 
 @pytest.fixture(scope="module")

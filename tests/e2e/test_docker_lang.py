@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, threads
+from twisted.internet import threads
 
 from tests import docker_builds as db
 from tests import lang_clients
@@ -28,7 +28,7 @@ from tests import lang_fixtures as lf
 from tests import lang_image
 from tests.clients import need
 from tests.fixtures import Fixtures, build_fixtures
-from tests.origin import Origin
+from tests.origin import serve_tree
 
 BUILDERS = ("legacy", "buildkit")
 TRUSTED = "cachegate-test/lang:bookworm"  # the name `cachegate trust image` shadows
@@ -63,17 +63,12 @@ def tree(docker_daemon, tmp_path_factory) -> Fixtures:  # type: ignore[no-untype
 
 @pytest.fixture(scope="module")
 def origin(tree):  # type: ignore[no-untyped-def]
-    server = Origin(tree.root, reactor)
-    server.listen()
-    yield server
-    pytest_twisted.blockon(server.stop_serving())
+    yield from serve_tree(tree.root)
 
 
 @pytest.fixture(scope="module")
 def stand_in(origin, docker_daemon, tmp_path_factory):  # type: ignore[no-untyped-def]
-    made = db.StandIn(origin, docker_daemon, tmp_path_factory.mktemp("lang-stand-in"))
-    yield made
-    pytest_twisted.blockon(made.stop())
+    yield from db.stand_in_for(origin, docker_daemon, tmp_path_factory.mktemp("lang-stand-in"))
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,14 @@ import pytest
 import pytest_twisted
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
-from twisted.internet import reactor, threads
+from twisted.internet import threads
 
 from tests import docker_builds as db
 from tests import netns
 from tests.clients import need
 from tests.docker_daemon import DOCKER
 from tests.fixtures import Fixtures, build_fixtures
-from tests.origin import Origin
+from tests.origin import serve_tree
 from tests.processes import free_port
 
 # What the build of db.CLIENTS installs: (purl, path suffix of the fixture body).
@@ -61,10 +61,7 @@ def tree(docker_daemon, tmp_path_factory) -> Fixtures:  # type: ignore[no-untype
 
 @pytest.fixture(scope="module")
 def origin(tree):  # type: ignore[no-untyped-def]
-    server = Origin(tree.root, reactor)
-    server.listen()
-    yield server
-    pytest_twisted.blockon(server.stop_serving())
+    yield from serve_tree(tree.root)
 
 
 @pytest.fixture(scope="module")

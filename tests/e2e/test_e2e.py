@@ -25,7 +25,7 @@ from tests import netns
 from tests.clients import need, run
 from tests.dns_helpers import FakeUpstream
 from tests.fixtures import Fixtures, build_fixtures, maven_plugin_repo
-from tests.origin import Origin, Recorded
+from tests.origin import Origin, Recorded, serve_tree
 
 CONTAINERS = 3
 SHORT_TTL = 1  # seconds: the outage test's indexes go stale this fast
@@ -66,10 +66,7 @@ def tree(namespaces_possible, tmp_path_factory) -> Fixtures:  # type: ignore[no-
 
 @pytest.fixture(scope="module")
 def origin(tree):  # type: ignore[no-untyped-def]
-    server = Origin(tree.root, reactor)
-    server.listen()
-    yield server
-    pytest_twisted.blockon(server.stop_serving())
+    yield from serve_tree(tree.root)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from tests import lang_fixtures as lf
 from tests.clients import need, run
 from tests.dns_helpers import FakeUpstream
 from tests.fixtures import Fixtures, build_fixtures
-from tests.origin import Origin
+from tests.origin import serve_tree
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +41,7 @@ def tree(namespaces_possible, tmp_path_factory) -> Fixtures:  # type: ignore[no-
 
 @pytest.fixture(scope="module")
 def origin(tree):  # type: ignore[no-untyped-def]
-    server = Origin(tree.root, reactor)
-    server.listen()
-    yield server
-    pytest_twisted.blockon(server.stop_serving())
+    yield from serve_tree(tree.root)
 
 
 @pytest.fixture(scope="module")
