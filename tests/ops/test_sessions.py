@@ -17,7 +17,6 @@ import json
 import tarfile
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
