@@ -42,6 +42,8 @@ from typing import Iterator
 
 import pytest
 
+from gateway.ops.hostsetup import process_alive
+
 DOCKERD = Path("/usr/sbin/dockerd")
 DOCKER = Path("/usr/bin/docker")  # Debian's 20.10 CLI: BuildKit built in (no buildx plugin)
 PREFIX = "cgd"  # bridges and work directories: cgd<pid>
@@ -75,12 +77,9 @@ def _ip(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """``process_alive``, and not a zombie."""
+    if not process_alive(pid):
         return False
-    except PermissionError:
-        return True
     stat = Path(f"/proc/{pid}/stat")
     try:  # a zombie is not alive
         return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
