@@ -296,8 +296,8 @@ def test_npm_audit_is_passed_through_unstored(origin, start_gateway):
 def test_lru_eviction_at_the_size_limit(origin, start_gateway):
     names = [f"/maven2/org/ex/lru/1.0/lru-{i}.jar" for i in range(4)]
     for i, name in enumerate(names):
-        put_object(origin.root, "maven", name, counter_bytes(400_000, bytes([i])))
-    gw = start_gateway(origin.url, size_limit=1_300_000)
+        put_object(origin.root, "maven", name, counter_bytes(1_000_000, bytes([i])))
+    gw = start_gateway(origin.url, size_limit=3_200_000)  # 3 bodies + the database
     for name in names[:3]:
         yield fetch(gw.port, "repo1.maven.org", name)
     yield fetch(gw.port, "repo1.maven.org", names[0])  # 0 is now the most recently used
@@ -310,7 +310,7 @@ def test_lru_eviction_at_the_size_limit(origin, start_gateway):
         assert reply.headers["x-cache"] == "HIT", name
     reply = yield fetch(gw.port, "repo1.maven.org", names[1])
     assert reply.headers["x-cache"] == "MISS"
-    assert gw.store.volume() <= 1_300_000 + 400_000 + 200_000  # the limit, one object, sqlite
+    assert gw.store.volume() <= 3_200_000 + 1_000_000 + 200_000  # the limit, one object, sqlite
 
 
 @pytest_twisted.inlineCallbacks
