@@ -43,6 +43,7 @@ from gateway.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from gateway.ops.humanize import human_bytes, human_duration, percent
 from gateway.front.accesslog import AccessLog
 from gateway.ops.logging import LineObserver
+from gateway.ops.tier_status import tiers_lines
 from gateway.ops import images_setup, trust
 from tls.ca import CAError
 
@@ -514,6 +515,7 @@ def format_stats(doc: dict[str, Any], width: int | None = STATS_WIDTH) -> str:
         f"downloads in progress: {doc['downloads']['active']}",
         *_integrity_line(doc),
         *_workers_line(doc),
+        *tiers_lines(doc),
         f"dns: {dns['queries']} queries, {dns['redirected']} redirected, {dns['forwarded']} "
         f"forwarded, {dns['cache_hits']} from its cache",
         "",

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest_twisted
@@ -125,6 +128,8 @@ def test_a_herd_over_two_children_makes_one_origin_request_and_a_dead_owner_cost
             assert 4_000_000 <= series[("cachegate_tier_fetched_bytes_total",
                                         (("source", "parent"),))] < 4_001_000, series
             assert series[("cachegate_tier_fetched_bytes_total", (("source", "upstream"),))] == 0
+            text = yield threads.deferToThread(stats_text, child)
+            assert "\nfetched from parents 3.8 MiB, s3 0 B, upstream 0 B\n" in text, text
 
         # The owner of the next object dies: its children go to the other parent.
         path2 = "/maven2/org/ex/cluster/2.0/cluster-2.0.jar"
@@ -168,8 +173,19 @@ def test_with_every_parent_stopped_builds_pass_with_one_failed_connect_per_break
                                             .encode())
         html = (yield readBody(page)).decode()
         assert html.count('data-tier="parent" data-state="open"') == 2, html
+        text = yield threads.deferToThread(stats_text, child)
+        for url in fleet.parent_urls:
+            assert re.search(rf"^parent {url}: open \(probe in \d+ s\), 1 failures; 1 requests",
+                             text, re.M), text
+        assert re.search(r"^fetched from parents 0 B, s3 0 B, upstream \d", text, re.M), text
     finally:
         fleet.stop()
+
+
+def stats_text(gw: GatewayProcess) -> str:
+    """What ``cachegate stats`` prints for ``gw``."""
+    return subprocess.run([sys.executable, "-m", "gateway.ops.cli", "--config", str(gw.config),
+                           "stats"], capture_output=True, text=True, check=True).stdout
 
 
 @pytest_twisted.inlineCallbacks
