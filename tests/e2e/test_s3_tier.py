@@ -13,8 +13,8 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
 from tests.fixtures import make_blob
-from tests.http_client import fetch
-from tests.processes import GatewayProcess
+from tests.http_client import fetch, raw_get
+from tests.processes import GatewayProcess, free_port
 from tests.s3_server import WEED, S3Server
 
 HOST = "repo1.maven.org"
@@ -151,3 +151,183 @@ def test_doctor_checks_the_bucket_with_a_test_write(s3):
     down = check_s3(config, 2.0)
     assert down.ok is False and "upstream serves" in down.fix
     assert check_s3(Config(), 2.0).ok is None
+
+
+# -- worker processes (``[server] workers = 2``: the supervisor and two workers) ------------
+
+TOKEN = "s3-tier-cluster-token"
+
+
+@defer.inlineCallbacks
+def api_stats(gw: GatewayProcess):  # type: ignore[no-untyped-def]
+    from twisted.web.client import Agent, readBody
+    response = yield Agent(reactor).request(
+        b"GET", f"http://127.0.0.1:{gw.admin_port}/api/stats".encode())
+    return json.loads((yield readBody(response)))
+
+
+@defer.inlineCallbacks
+def workers_ready(gw: GatewayProcess, count: int = 2):  # type: ignore[no-untyped-def]
+    """Until every worker answers the supervisor and has its S3 client (a worker without
+    one sends its misses to the upstream)."""
+    yield gw.ready()
+    for _ in range(200):
+        stats = yield api_stats(gw)
+        workers = [w["state"] for w in stats.get("workers", [])]
+        if workers == ["up"] * count and (stats["tiers"]["s3"] or {}).get("client"):
+            return gw
+        yield sleep(0.05)
+    raise AssertionError(f"workers never up with an S3 client: {stats.get('workers')} "
+                         f"{stats['tiers']['s3']}")
+
+
+@defer.inlineCallbacks
+def served_by_worker(gw: GatewayProcess, total: int):  # type: ignore[no-untyped-def]
+    """Client responses each worker process sent, from the supervisor's /metrics, once
+    they add up to ``total`` (the supervisor gathers the workers' figures each second)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from twisted.web.client import Agent, readBody
+    for _ in range(100):
+        response = yield Agent(reactor).request(
+            b"GET", f"http://127.0.0.1:{gw.admin_port}/metrics".encode())
+        text = (yield readBody(response)).decode()
+        counts: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "cachegate_requests_total":
+                    worker = sample.labels["worker"]
+                    counts[worker] = counts.get(worker, 0) + sample.value
+        if sum(counts.values()) >= total:
+            return counts
+        yield sleep(0.05)
+    raise AssertionError(f"never {total} responses counted: {counts}")
+
+
+def release(origin, path: str, size: int) -> str:  # type: ignore[no-untyped-def]
+    """A jar and its ``.sha1`` sidecar (as Maven Central has for every release file: the
+    gateway asks for it first)."""
+    expected = blob(origin, path, size)
+    file = origin.root / "maven" / path.lstrip("/")
+    sidecar = file.with_name(file.name + ".sha1")
+    sidecar.write_text(hashlib.sha1(file.read_bytes()).hexdigest())
+    return expected
+
+
+def herd(port: int, paths: list[str], each: int) -> defer.Deferred:
+    """``each`` concurrent clients per path, each on its own connection (the kernel spreads
+    connections over the workers' sockets)."""
+    return defer.gatherResults([raw_get(port, HOST, path, keep=False)
+                                for _ in range(each) for path in paths])
+
+
+def check_replies(results, paths: list[str], sums: list[str], each: int) -> None:  # type: ignore[no-untyped-def]
+    assert len(results) == len(paths) * each
+    for n, (head, _, proto) in enumerate(results):
+        assert head.startswith("HTTP/1.1 200"), head
+        assert proto.sha256 == sums[n % len(paths)], paths[n % len(paths)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_two_workers_upload_each_object_once_and_a_fresh_two_worker_host_serves_from_s3(
+        origin, s3, tmp_path):
+    paths = [f"/maven2/org/ex/wk/{i}.0/wk-{i}.0.jar" for i in range(6)]
+    sums = [release(origin, path, 300_000 + i) for i, path in enumerate(paths)]
+    for path in paths:  # ~0.15 s per body: each herd overlaps its object's one fetch
+        origin.behave("/maven" + path, slow_bytes_per_s=2_000_000)
+    objects = 2 * len(paths)  # the jars and their .sha1 files
+    (tmp_path / "a").mkdir()
+    a = GatewayProcess(tmp_path / "a", origin.url, extra=s3.toml(), workers=2)
+    try:
+        yield workers_ready(a)
+        results = yield herd(a.port, paths, each=4)
+        check_replies(results, paths, sums, each=4)
+        assert [origin.count("/maven" + p) for p in paths] == [1] * len(paths)
+        served = yield served_by_worker(a, len(paths) * 4)
+        assert served.get("0", 0) > 0 and served.get("1", 0) > 0, served
+        state = yield until(a, lambda s: s["uploaded"] + s["present"] >= objects
+                            and not s["queued"] and not s["uploading"], "uploaded")
+        assert (state["uploaded"], state["present"]) == (objects, 0), state
+        assert state["dropped"] == state["upload_errors"] == state["errors"] == 0, state
+    finally:
+        a.stop()
+    keys = yield threads.deferToThread(s3.keys, "fleet/")
+    jar_bodies = {f"fleet/sha256/{s}" for s in sums}
+    assert jar_bodies <= set(keys), keys
+    assert len([k for k in keys if k.startswith("fleet/keys/")]) == objects, keys
+
+    origin.reset()
+    (tmp_path / "b").mkdir()
+    b = GatewayProcess(tmp_path / "b", origin.url, extra=s3.toml(), workers=2)  # empty disk
+    try:
+        yield workers_ready(b)
+        results = yield herd(b.port, paths, each=4)
+        check_replies(results, paths, sums, each=4)
+        assert origin.requests == [], "served from S3, not the origin"
+        served = yield served_by_worker(b, len(paths) * 4)
+        assert served.get("0", 0) > 0 and served.get("1", 0) > 0, served
+        state = yield until(b, lambda s: s["hits"] >= objects, "read from S3")
+        assert state["hits"] == objects and state["errors"] == 0, state
+        assert state["state"] == "closed", state
+        tiers = (yield api_stats(b))["tiers"]
+        assert tiers["bytes"].get("s3", 0) >= sum(300_000 + i for i in range(6)), tiers
+        assert tiers["bytes"].get("upstream", 0) == 0, tiers
+        for path, expected in zip(paths, sums):  # on b's own disk now
+            hit = yield fetch(b.port, HOST, path)
+            assert hit.headers["x-cache"] == "HIT" and hit.sha256 == expected
+        assert origin.requests == []
+    finally:
+        b.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_two_worker_parent_with_an_empty_disk_answers_a_child_from_s3(origin, s3, tmp_path):
+    paths = [f"/maven2/org/ex/pk/{i}.0/pk-{i}.0.jar" for i in range(4)]
+    sums = [release(origin, path, 250_000 + i) for i, path in enumerate(paths)]
+    objects = 2 * len(paths)
+    seeder = host(tmp_path, "seeder", origin.url, s3.toml())  # another host, long ago
+    try:
+        yield seeder.ready()
+        yield until(seeder, lambda s: s["client"], "an S3 client")
+        for path, expected in zip(paths, sums):
+            reply = yield fetch(seeder.port, HOST, path)
+            assert reply.status == 200 and reply.sha256 == expected
+        yield until(seeder, lambda s: s["uploaded"] >= objects and not s["queued"]
+                    and not s["uploading"], "uploaded")
+    finally:
+        seeder.stop()
+
+    origin.reset()
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    cluster_port = free_port()
+    (tmp_path / "parent").mkdir()
+    parent = GatewayProcess(tmp_path / "parent", origin.url, workers=2, extra=(
+        s3.toml() + f'\n[cluster]\nlisten = "127.0.0.1:{cluster_port}"\n'
+                    f'token_file = "{token}"\n'))
+    (tmp_path / "child").mkdir()
+    child = GatewayProcess(tmp_path / "child", origin.url, extra=(
+        f'[cluster]\nparents = ["http://127.0.0.1:{cluster_port}"]\n'
+        f'token_file = "{token}"\n'))
+    try:
+        yield workers_ready(parent)
+        yield child.ready()
+        results = yield herd(child.port, paths, each=3)
+        check_replies(results, paths, sums, each=3)
+        assert origin.requests == [], "the parent answered from S3, not the origin"
+        want = sum(250_000 + i for i in range(4))
+        tiers = (yield api_stats(child))["tiers"]
+        assert want <= tiers["bytes"]["parents"] < want + 1000, tiers
+        assert tiers["parents"][0]["bytes"] == tiers["bytes"]["parents"], tiers
+        assert tiers["bytes"].get("upstream", 0) == 0, tiers
+        state = yield until(parent, lambda s: s["hits"] >= objects, "read from S3")
+        assert state["hits"] == objects and state["errors"] == 0, state
+        parent_tiers = (yield api_stats(parent))["tiers"]
+        assert want <= parent_tiers["bytes"].get("s3", 0) < want + 1000, parent_tiers
+        assert parent_tiers["bytes"].get("upstream", 0) == 0, parent_tiers
+        for path, expected in zip(paths, sums):  # the child stored what the parent sent
+            hit = yield fetch(child.port, HOST, path)
+            assert hit.headers["x-cache"] == "HIT" and hit.sha256 == expected
+        assert origin.requests == []
+    finally:
+        child.stop()
+        parent.stop()
