@@ -53,7 +53,9 @@ class S3Server:
             "filer.port", "filer.port.grpc", "s3.port.grpc")}
         argv = [str(WEED), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
                 "-s3", f"-s3.port={self.port}", "-master.volumeSizeLimitMB=64",
-                "-volume.max=8", *(f"-{name}={port}" for name, port in ports.items())]
+                "-volume.max=8", *(f"-{name}={port}" for name, port in ports.items()),
+                # Off: their fixed default ports (8181, 9101) let one server run at a time.
+                "-s3.port.iceberg=0", "-s3.port.lance=0"]
         with open(self.directory / "weed.log", "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
