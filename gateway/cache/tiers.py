@@ -323,7 +323,8 @@ def _labelled(response, source: str):  # type: ignore[no-untyped-def]
 
 def pooled_tiers(documents: list[dict[str, Any]]) -> dict[str, Any]:
     """Several worker processes' ``tiers`` documents as one: counts added; a breaker shown
-    open when it is open in any worker (each worker has its own)."""
+    open when it is open in any worker (each worker has its own); the S3 client shown made
+    once every worker has made its own."""
     if not documents:
         return {"parents": [], "bytes": {}, "fetches": {}, "s3": None}
     out: dict[str, Any] = {"parents": [], "bytes": Counter(), "fetches": Counter(), "s3": None}
@@ -340,6 +341,8 @@ def pooled_tiers(documents: list[dict[str, Any]]) -> dict[str, Any]:
                 k: 0 for k, v in document["s3"].items()
                 if isinstance(v, int) and not isinstance(v, bool) and k != "queue_limit"}},
                 document["s3"])
+            # Each worker makes its own client: one without sends its misses upstream.
+            out["s3"]["client"] = out["s3"]["client"] and document["s3"]["client"]
     out["parents"] = list(by_url.values())
     out["resumed"] = sum(d.get("resumed", 0) for d in documents)
     out["bytes"], out["fetches"] = dict(out["bytes"]), dict(out["fetches"])
