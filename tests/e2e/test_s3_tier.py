@@ -331,3 +331,18 @@ def test_a_two_worker_parent_with_an_empty_disk_answers_a_child_from_s3(origin, 
     finally:
         child.stop()
         parent.stop()
+
+
+def test_the_supervisor_shows_the_s3_client_only_once_every_worker_has_made_its_own():
+    """Each worker makes its own S3 client (in a thread, at start); until it has, its
+    misses go upstream, so "ready" must mean every worker's."""
+    from gateway.cache.tiers import pooled_tiers
+
+    def worker(client: bool, hits: int) -> dict:
+        return {"parents": [], "bytes": {"s3": hits * 10}, "fetches": {}, "s3": {
+            "endpoint": "http://s3", "bucket": "b", "client": client, "state": "closed",
+            "retry_in": 0.0, "queued": 0, "uploading": 0, "queue_limit": 5, "hits": hits}}
+    for pair in ([True, False], [False, True]):
+        s3 = pooled_tiers([worker(c, 2) for c in pair])["s3"]
+        assert s3["client"] is False and s3["hits"] == 4 and s3["queue_limit"] == 5, s3
+    assert pooled_tiers([worker(True, 1), worker(True, 2)])["s3"]["client"] is True
