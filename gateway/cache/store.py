@@ -16,7 +16,7 @@ import sqlite3
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -66,7 +66,12 @@ class Meta:
         return None
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self)).encode()
+        """``asdict``'s JSON without its deep copies (a few percent of a small miss), in
+        its field order: the content index finds ``sha256`` before ``extra``."""
+        return json.dumps({"url": self.url, "ecosystem": self.ecosystem,
+                           "status": self.status, "headers": self.headers,
+                           "freshness": vars(self.freshness), "length": self.length,
+                           "sha256": self.sha256, "extra": self.extra}).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> "Meta":

@@ -38,6 +38,18 @@ def test_objects_are_found_by_the_sha256_of_their_body(store):
     assert [e.key for e in store.find_sha256(a.upper())] == ["h/b"]
 
 
+def test_metadata_reads_back_whole_and_the_index_never_takes_extras_sha256(store):
+    meta = Meta("h/e", "x", 200, [("etag", '"v1"')], Freshness(float("inf"), 5.0, 1.5, False),
+                3, hashlib.sha256(b"abc").hexdigest(), {"sha256": "1" * 64, "n": [1, {"a": 2}]})
+    assert Meta.from_json(meta.to_json()) == meta
+    partial = store.new_partial()
+    with open(partial, "wb") as f:
+        f.write(b"abc")
+    store.commit("h/e", meta, partial)
+    assert [e.key for e in store.find_sha256(meta.sha256)] == ["h/e"]
+    assert store.find_sha256("1" * 64) == []
+
+
 def test_expected_digests_are_replaced_by_a_newer_index_and_first_seen_outlives_eviction(store):
     store.expect("npm", [("/p/-/p-1.tgz", "sha512", "aa", "packument")])
     store.expect("npm", [("/p/-/p-1.tgz", "sha1", "bb", "lockfile")])
