@@ -2,7 +2,9 @@
 any number of readers follow at their own pace.
 
 Memory stays bounded whatever the object size (bytes go straight to the file; readers
-``pread`` them back), and a slow reader never slows the download.  When the body ends it
+``pread`` them back), and a slow reader never slows the download.  A small body that is
+never stored (a relay) goes to an anonymous memory file instead (``memfd``): creating a
+file on disk costs more than the rest of such a request.  When the body ends it
 is verified (length, and a digest where the URL names one) before anyone may treat it as
 complete; a digest-checked body holds back its last byte until then, so no client ever
 sees a complete-looking body that fails verification.
@@ -62,7 +64,7 @@ def _file_digest(digest: Digest, path: str) -> str:
 class Download:
     """An upstream body being written to ``path``; readers follow it with ``pread``."""
 
-    def __init__(self, path: str, length: int | None,
+    def __init__(self, path: str | None, length: int | None,
                  expected: Digest | Sequence[Digest] | None = None,
                  in_thread: Callable[..., "Deferred"] | None = None) -> None:
         self.path = path
@@ -83,8 +85,12 @@ class Download:
         # zip of tens of MB must not stall the reactor), else here.
         self._in_thread = in_thread
         self._ending = False  # the body has ended; whole-file digests being computed
-        self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        self._read_fd: int | None = os.open(path, os.O_RDONLY)
+        if path is None:  # never stored: memory, read back like a file
+            self._write_fd = os.memfd_create("cachegate-relay", os.MFD_CLOEXEC)
+            self._read_fd: int | None = os.dup(self._write_fd)
+        else:
+            self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._read_fd = os.open(path, os.O_RDONLY)
         self._watchers: list[Watcher] = []
         self._on_finish: list[Callable[["Download"], None]] = []
         # Disk full: bytes from ``on_disk`` on live in ``_tail`` (from ``_tail_start``).
@@ -224,6 +230,8 @@ class Download:
 
     def _discard_uncommitted(self) -> None:
         """Remove the partial file unless a finish callback committed (renamed) it."""
+        if self.path is None:
+            return
         try:
             os.unlink(self.path)
         except FileNotFoundError:

@@ -34,6 +34,10 @@ from gateway.cache.tiers import Tiers
 
 log = Logger()
 
+# A relayed body (never stored) of at most this many bytes, with its length known, is held
+# in memory rather than in a partial file.
+RELAY_IN_MEMORY = 2**20
+
 
 @dataclass(frozen=True)
 class Target:
@@ -129,7 +133,9 @@ class Flights:
         sent = self.reactor.seconds()
 
         def streaming(response) -> Outcome:  # type: ignore[no-untyped-def]
-            download = Download(self.store.new_partial(), _length(response))
+            length = _length(response)
+            small = length is not None and length <= RELAY_IN_MEMORY
+            download = Download(None if small else self.store.new_partial(), length)
             pairs = header_pairs(response.headers)
             # Forwarded, not served from the cache: the upstream's Age goes on as it is.
             age = [(name, value) for name, value in pairs if name.lower() == "age"][:1]

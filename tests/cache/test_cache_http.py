@@ -293,6 +293,24 @@ def test_npm_audit_is_passed_through_unstored(origin, start_gateway):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_small_relayed_body_never_touches_the_disk_and_a_big_one_is_spooled(
+        origin, start_gateway):
+    small, big = counter_bytes(300_000, b"s"), counter_bytes(3_000_000, b"b")
+    put_object(origin.root, "npm", "/-/npm/v1/security/small", small)
+    put_object(origin.root, "npm", "/-/npm/v1/security/big", big)
+    gw = start_gateway(origin.url)
+    partial = gw.store.partial_dir
+    before = partial.stat().st_mtime_ns  # a file made or removed there changes it
+    reply = yield fetch(gw.port, "registry.npmjs.org", "/-/npm/v1/security/small")
+    assert reply.headers["x-cache"] == "PASS" and reply.body == small
+    assert partial.stat().st_mtime_ns == before, "a partial file for a small relayed body"
+    reply = yield fetch(gw.port, "registry.npmjs.org", "/-/npm/v1/security/big")
+    assert reply.headers["x-cache"] == "PASS" and reply.body == big
+    assert partial.stat().st_mtime_ns != before  # followed from a file, not held in memory
+    assert os.listdir(partial) == []
+
+
+@pytest_twisted.inlineCallbacks
 def test_lru_eviction_at_the_size_limit(origin, start_gateway):
     names = [f"/maven2/org/ex/lru/1.0/lru-{i}.jar" for i in range(4)]
     for i, name in enumerate(names):
