@@ -116,9 +116,9 @@ def pinned(core: str | None) -> list[str]:
     return ["taskset", "-c", core] if core is not None else []
 
 
-def curl_speed(port: int, path: str, core: str | None = CLIENT_CORE) -> float:
+def curl_speed(port: int, path: str, core: str | None = CLIENT_CORE, host: str = HOST) -> float:
     out = subprocess.run([*pinned(core), "curl", "-s", "-o", "/dev/null",
-                          "-w", "%{speed_download}", "-H", f"Host: {HOST}",
+                          "-w", "%{speed_download}", "-H", f"Host: {host}",
                           f"http://127.0.0.1:{port}{path}"],
                          check=True, capture_output=True, text=True).stdout
     return float(out) / 1e6
@@ -131,7 +131,7 @@ def wrk(port: int, path: str, seconds: int,
                          check=True, capture_output=True, text=True).stdout
     rps = next(float(l.split()[1]) for l in out.splitlines() if l.startswith("Requests/sec"))
     p99 = next(l.split()[1] for l in out.splitlines() if l.strip().startswith("99%"))
-    return rps, _ms(p99)
+    return rps, milliseconds(p99)
 
 
 def tree_cpu(pid: int) -> float:
@@ -153,7 +153,7 @@ def tree_cpu(pid: int) -> float:
     return sum(used.get(p, 0.0) for p in tree)
 
 
-def _ms(value: str) -> float:
+def milliseconds(value: str) -> float:
     for unit, factor in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
         if value.endswith(unit):
             return float(value[:-len(unit)]) * factor
