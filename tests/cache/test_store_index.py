@@ -4,6 +4,8 @@ digests, first-seen sha256s that outlive eviction, and pins that eviction skips.
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +50,28 @@ def test_metadata_reads_back_whole_and_the_index_never_takes_extras_sha256(store
     store.commit("h/e", meta, partial)
     assert [e.key for e in store.find_sha256(meta.sha256)] == ["h/e"]
     assert store.find_sha256("1" * 64) == []
+
+
+def test_bodies_go_to_the_flat_tree_and_an_older_layout_is_still_read_and_removed(
+        store, monkeypatch):
+    import diskcache
+
+    from gateway.cache.store import BodyDisk
+    objects = store.directory / "objects"
+    assert len(list((objects / "bodies").iterdir())) == 256  # made once, at open
+    put(store, "h/new", b"new")
+    new = store.get("h/new")
+    assert new is not None and new.path.startswith(str(objects / "bodies") + os.sep)
+    with monkeypatch.context() as old_version:  # diskcache's own ab/cd/ names
+        old_version.setattr(BodyDisk, "filename", diskcache.Disk.filename)
+        put(store, "h/old", b"old")
+    old = store.get("h/old")
+    assert old is not None and open(old.path, "rb").read() == b"old"
+    assert Path(old.path).parent.parent.parent == objects
+    store.delete("h/old")
+    store.delete("h/new")
+    assert not os.path.exists(old.path) and not Path(old.path).parent.exists()
+    assert not os.path.exists(new.path) and Path(new.path).parent.exists()
 
 
 def test_expected_digests_are_replaced_by_a_newer_index_and_first_seen_outlives_eviction(store):
