@@ -35,8 +35,9 @@ from gateway.cache.tiers import Tiers
 log = Logger()
 
 # A relayed body (never stored) of at most this many bytes, with its length known, is held
-# in memory rather than in a partial file.
-RELAY_IN_MEMORY = 2**20
+# in memory (a memfd) rather than in a partial file.  Small, because a slow client keeps
+# it in memory until it has it all, where a file's pages could be written out and dropped.
+RELAY_IN_MEMORY = 256 * 1024
 
 
 @dataclass(frozen=True)

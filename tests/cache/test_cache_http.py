@@ -295,7 +295,7 @@ def test_npm_audit_is_passed_through_unstored(origin, start_gateway):
 @pytest_twisted.inlineCallbacks
 def test_a_small_relayed_body_never_touches_the_disk_and_a_big_one_is_spooled(
         origin, start_gateway):
-    small, big = counter_bytes(300_000, b"s"), counter_bytes(3_000_000, b"b")
+    small, big = counter_bytes(200_000, b"s"), counter_bytes(300_000, b"b")
     put_object(origin.root, "npm", "/-/npm/v1/security/small", small)
     put_object(origin.root, "npm", "/-/npm/v1/security/big", big)
     gw = start_gateway(origin.url)
