@@ -3,6 +3,7 @@ restart, and memory measured from outside."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,15 @@ from pathlib import Path
 from twisted.internet import defer, reactor, task
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@defer.inlineCallbacks
+def api_stats(gw: "GatewayProcess"):  # type: ignore[no-untyped-def]
+    """The running gateway's ``/api/stats``."""
+    from twisted.web.client import Agent, readBody
+    response = yield Agent(reactor).request(
+        b"GET", f"http://127.0.0.1:{gw.admin_port}/api/stats".encode())
+    return json.loads((yield readBody(response)))
 
 
 def free_port() -> int:

@@ -4,7 +4,6 @@ front of the recording fixture origin (the only fake)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from gateway.cache.keys import base_key
 from gateway.cache.rendezvous import ranked
 from tests.fixtures import make_blob
 from tests.http_client import fetch, raw_get
-from tests.processes import GatewayProcess, free_port, serve, toml_config
+from tests.processes import GatewayProcess, api_stats, free_port, serve, toml_config
 
 HOST = "repo1.maven.org"
 TOKEN = "s3cret-cluster-token"
@@ -25,14 +24,6 @@ TOKEN = "s3cret-cluster-token"
 
 def sleep(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
-
-
-@defer.inlineCallbacks
-def api_stats(gw: GatewayProcess):  # type: ignore[no-untyped-def]
-    from twisted.web.client import Agent, readBody
-    response = yield Agent(reactor).request(
-        b"GET", f"http://127.0.0.1:{gw.admin_port}/api/stats".encode())
-    return json.loads((yield readBody(response)))
 
 
 @defer.inlineCallbacks

@@ -4,7 +4,6 @@ serve`` processes; the only fake is the fixture origin."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from twisted.internet import defer, reactor, task, threads
 
 from tests.fixtures import make_blob
 from tests.http_client import fetch, raw_get
-from tests.processes import GatewayProcess, free_port
+from tests.processes import GatewayProcess, api_stats, free_port
 from tests.s3_server import WEED, S3Server
 
 HOST = "repo1.maven.org"
@@ -39,10 +38,7 @@ def s3(tmp_path):  # type: ignore[no-untyped-def]
 
 @defer.inlineCallbacks
 def s3_state(gw: GatewayProcess):  # type: ignore[no-untyped-def]
-    from twisted.web.client import Agent, readBody
-    response = yield Agent(reactor).request(
-        b"GET", f"http://127.0.0.1:{gw.admin_port}/api/stats".encode())
-    return json.loads((yield readBody(response)))["tiers"]["s3"]
+    return (yield api_stats(gw))["tiers"]["s3"]
 
 
 @defer.inlineCallbacks
@@ -156,14 +152,6 @@ def test_doctor_checks_the_bucket_with_a_test_write(s3):
 # -- worker processes (``[server] workers = 2``: the supervisor and two workers) ------------
 
 TOKEN = "s3-tier-cluster-token"
-
-
-@defer.inlineCallbacks
-def api_stats(gw: GatewayProcess):  # type: ignore[no-untyped-def]
-    from twisted.web.client import Agent, readBody
-    response = yield Agent(reactor).request(
-        b"GET", f"http://127.0.0.1:{gw.admin_port}/api/stats".encode())
-    return json.loads((yield readBody(response)))
 
 
 @defer.inlineCallbacks
