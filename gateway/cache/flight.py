@@ -107,8 +107,9 @@ class Flights:
         self.active: dict[str, Flight] = {}
         # The parents and S3 store in front of the upstream (``tiers.py``); None: none.
         self.tiers: Tiers | None = None
-        # Told of every body committed to the store (the S3 tier's write-behind).
-        self.on_commit: Callable[[Meta, str], None] = lambda meta, key: None
+        # Told of every body committed to the store, with the tier it came from (a parent's
+        # URL, "s3", "upstream"; None without tiers): the S3 tier's write-behind.
+        self.on_commit: Callable[[Meta, str, str | None], None] = lambda meta, key, source: None
         # Digests promised for fills, learning from stored indexes, refused bodies.
         self.integrity = Integrity(reactor, store)
         self.in_thread = partial(threads.deferToThreadPool, reactor, reactor.getThreadPool())
@@ -352,7 +353,8 @@ class Flight:
         if refusal is None:
             self.flights.store.set_vary(self.target.base, self.vary)
             key = variant_key(self.target.base, self.vary, self.target.headers)
-            download.on_finish(lambda dl: self._commit(dl, key, response.code, pairs))
+            source = getattr(response, "source", None)
+            download.on_finish(lambda dl: self._commit(dl, key, response.code, pairs, source))
         download.on_finish(lambda dl: self._finished(dl))
         if self.flights.tiers is not None:
             self.flights.tiers.received(response, download)
@@ -369,7 +371,7 @@ class Flight:
         return [("Age", str(int(age)))]
 
     def _commit(self, download: Download, key: str, status: int,
-                pairs: list[tuple[str, str]]) -> None:
+                pairs: list[tuple[str, str]], source: str | None) -> None:
         if not download.storable:  # failed, or streamed through a full disk
             return
         meta = self._meta(status, pairs, download.size, download.sha256.hexdigest())
@@ -387,7 +389,7 @@ class Flight:
         if group is not None and previous != meta.sha256:
             self.flights.store.set_suite_changed(group, meta.freshness.response_time)
         if status == 200:
-            self.flights.on_commit(meta, key)
+            self.flights.on_commit(meta, key, source)
             integrity.committed(target.rule, key, meta, target.upstream.name,
                                 self.flights.events)
             # The reader's descriptor survives the rename: the index is read in a thread.

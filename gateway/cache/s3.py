@@ -237,11 +237,12 @@ class S3Tier:
 
     # -- write-behind ----------------------------------------------------------------
 
-    def committed(self, meta: Meta, cache_key: str) -> None:
-        """Queue a committed object for upload (an immutable 200 with a sha256)."""
+    def committed(self, meta: Meta, cache_key: str, source: str | None = None) -> None:
+        """Queue a committed object for upload (an immutable 200 with a sha256), unless it
+        was read from this store: its body and pointer are there already."""
         rule = self.rule_for(meta.url)
         if rule is None or rule.policy is not Policy.IMMUTABLE or meta.status != 200 or \
-                not meta.sha256 or cache_key in self.queued:
+                not meta.sha256 or cache_key in self.queued or source == SOURCE:
             return
         if len(self.queue) + self.uploading >= self.limit:
             self.counts["dropped"] += 1
@@ -278,7 +279,7 @@ class S3Tier:
             return
         try:
             there = yield self._exists(body_key(self.prefix, meta.sha256))
-            if not there:  # (a body read from S3 here is there already)
+            if not there:  # (another host put the same bytes under another key)
                 yield self._put(body_key(self.prefix, meta.sha256), FileBodyProducer(body))
         finally:
             body.close()

@@ -88,6 +88,14 @@ def test_a_host_with_an_empty_disk_serves_from_s3_what_another_fetched(origin, s
         assert state["hits"] == 1 and state["state"] == "closed", state
         hit = yield fetch(b.port, HOST, path)  # stored on b's own disk now
         assert hit.headers["x-cache"] == "HIT" and hit.sha256 == expected
+        # What b read from S3 is not written back (uploads go in order: once an object
+        # from the origin is up, the S3 one would have been handled before it).
+        other = "/maven2/org/ex/s3/2.0/s3-2.0.jar"
+        blob(origin, other, 10_000)
+        assert (yield fetch(b.port, HOST, other)).status == 200
+        state = yield until(b, lambda s: s["uploaded"] >= 1 and not s["uploading"],
+                            "the origin's object uploaded")
+        assert (state["uploaded"], state["present"]) == (1, 0), state
     finally:
         b.stop()
 
