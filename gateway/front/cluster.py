@@ -11,12 +11,17 @@ never an open proxy.
 from __future__ import annotations
 
 import hmac
+import re
 from pathlib import Path
 
-from twisted.web import http, server
+from twisted.web import server
 
 from gateway.cache.tiers import INSTANCE_HEADER, TOKEN_HEADER, bearer
-from gateway.front.handler import Gateway, GatewayResource
+from gateway.front.fast_path import GatewayChannel, parse_simple_request
+from gateway.front.handler import Gateway, GatewayResource, GatewaySite
+
+# The absolute form a child sends, in its plainest shape; any other goes to twisted.web.
+_ABSOLUTE = re.compile(r"http://([a-z0-9.-]+)(/[\x21-\x7e]*)")
 
 
 def read_token(path: str) -> str:
@@ -27,10 +32,13 @@ def read_token(path: str) -> str:
     return token
 
 
-class ClusterChannel(http.HTTPChannel):
-    """Children's connections: no fast path (every request shows its token first)."""
+class ClusterChannel(GatewayChannel):
+    """Children's connections: a fresh small hit is answered by the fast path once the
+    request shows the token; anything else, a missing or wrong token included, goes to
+    ``ClusterResource``."""
 
-    cluster = True
+    def fast_response(self, data: bytes) -> bytes | None:
+        return self.site.resource.fast_hit(data, self._peer_host())
 
 
 class ClusterResource(GatewayResource):
@@ -62,10 +70,26 @@ class ClusterResource(GatewayResource):
             return server.NOT_DONE_YET
         return super().render(request)
 
+    def fast_hit(self, data: bytes, client: str) -> bytes | None:
+        """The fast path's answer (``Gateway.fast_hit``) to a child's request that shows
+        the token and is not this gateway's own; None: ``render`` decides."""
+        request = parse_simple_request(data)
+        if request is None:
+            return None
+        method, target, headers = request
+        presented = headers.pop(TOKEN_HEADER, "").encode("latin-1")
+        asker = headers.pop(INSTANCE_HEADER, "")
+        absolute = _ABSOLUTE.fullmatch(target)
+        if absolute is None or not hmac.compare_digest(presented, self.expected) or \
+                (self.instance and asker == self.instance):
+            return None
+        headers["host"] = absolute.group(1)
+        return self.gateway.fast_hit(method, absolute.group(2), headers, client)
 
-class ClusterSite(server.Site):
+
+class ClusterSite(GatewaySite):
+    """The cluster port; like the gateway's, the handler writes the access-log line (the
+    client is the child's address)."""
+
     protocol = ClusterChannel
     noisy = False
-
-    def log(self, request: server.Request) -> None:
-        """The handler writes the access-log line (the client is the child's address)."""

@@ -70,15 +70,19 @@ class GatewayChannel(http.HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._at_request_boundary():
-            request = parse_simple_request(data)
-            if request is not None:
-                response = self.site.gateway.fast_hit(*request, self._peer_host())
-                if response is not None:
-                    self.resetTimeout()
-                    write_now(self.transport, response)
-                    return
+            response = self.fast_response(data)
+            if response is not None:
+                self.resetTimeout()
+                write_now(self.transport, response)
+                return
         self._start_head_timer()
         super().dataReceived(data)
+
+    def fast_response(self, data: bytes) -> bytes | None:
+        """The whole response to the request ``data`` holds, or None: twisted.web's turn."""
+        request = parse_simple_request(data)
+        return None if request is None else \
+            self.site.gateway.fast_hit(*request, self._peer_host())
 
     def lineReceived(self, line: bytes) -> None:  # noqa: N802
         self._start_head_timer()  # also for a pipelined head already buffered

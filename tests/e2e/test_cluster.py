@@ -200,11 +200,18 @@ def test_a_parent_refuses_a_wrong_token_and_hosts_outside_the_catalogue(origin, 
         right = yield fetch(port, HOST, path, {"proxy-authorization": f"Bearer {TOKEN}"},
                             proxy=True)
         assert right.status == 200 and right.sha256 == expected
+        for wrong_or_none in ({"proxy-authorization": "Bearer guessed"}, {}):  # now stored
+            again = yield fetch(port, HOST, path, wrong_or_none, proxy=True)
+            assert again.status == 403 and again.sha256 != expected
+        hit = yield fetch(port, HOST, path, {"proxy-authorization": f"Bearer {TOKEN}"},
+                          proxy=True)
+        assert hit.headers["x-cache"] == "HIT" and hit.sha256 == expected
+        assert origin.count("/maven" + path) == 1
         other = yield fetch(port, "example.com", "/", {"proxy-authorization": f"Bearer {TOKEN}"},
                             proxy=True)
         assert other.status == 403, "never an open proxy"
         stats = yield api_stats(parent)
-        assert stats["tiers"]["children_refused"] == 2
+        assert stats["tiers"]["children_refused"] == 4
     finally:
         fleet.stop()
 
