@@ -150,7 +150,7 @@ class S3Tier:
         self.queued: set[str] = set()
         self.uploading = 0
         self.counts = {"uploaded": 0, "present": 0, "dropped": 0, "upload_errors": 0,
-                       "hits": 0, "misses": 0, "errors": 0}
+                       "hits": 0, "misses": 0, "errors": 0, "requests": 0}
 
     # -- life ------------------------------------------------------------------------
 
@@ -179,7 +179,9 @@ class S3Tier:
         return threads.deferToThreadPool(self.reactor, self.pool, call, *args, **kwargs)
 
     def presign(self, method: str, key: str) -> str:
+        """The URL of one request to the store (counted: a store may bill each)."""
         assert self.client is not None
+        self.counts["requests"] += 1
         return self.client.generate_presigned_url(
             method, Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=PRESIGN_SECONDS)
 
@@ -270,8 +272,14 @@ class S3Tier:
 
     @defer.inlineCallbacks
     def _upload(self, meta: Meta, cache_key: str):  # type: ignore[no-untyped-def]
+        """The body, unless its bytes are there already, then the pointer: one HEAD when
+        the pointer is there (every child of a parent that wrote the object behind)."""
         entry = self.store.get(cache_key)
         if entry is None or entry.meta.sha256 != meta.sha256:  # evicted or replaced
+            return
+        if (yield self._exists(pointer_key(self.prefix, cache_key))):
+            self.breaker.succeeded()
+            self.counts["present"] += 1
             return
         try:
             body = open(entry.path, "rb")

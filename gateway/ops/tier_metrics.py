@@ -50,5 +50,7 @@ def _s3(s3: dict[str, Any]) -> Iterator[Metric]:
                         ("dropped", "dropped"), ("error", "upload_errors")):
         writes.add_metric([result], s3[key])
     yield writes
+    yield CounterMetricFamily("cachegate_s3_requests", "Requests sent to the S3 store "
+                              "(reads, HEADs and PUTs)", value=s3["requests"])
     yield GaugeMetricFamily("cachegate_s3_queue", "Objects waiting for upload or uploading",
                             value=s3["queued"] + s3["uploading"])

@@ -301,12 +301,13 @@ def test_a_two_worker_parent_with_an_empty_disk_answers_a_child_from_s3(origin, 
         s3.toml() + f'\n[cluster]\nlisten = "127.0.0.1:{cluster_port}"\n'
                     f'token_file = "{token}"\n'))
     (tmp_path / "child").mkdir()
-    child = GatewayProcess(tmp_path / "child", origin.url, extra=(
-        f'[cluster]\nparents = ["http://127.0.0.1:{cluster_port}"]\n'
-        f'token_file = "{token}"\n'))
+    child = GatewayProcess(tmp_path / "child", origin.url, extra=(  # S3 too, as a fleet's
+        s3.toml() + f'\n[cluster]\nparents = ["http://127.0.0.1:{cluster_port}"]\n'
+                    f'token_file = "{token}"\n'))
     try:
         yield workers_ready(parent)
         yield child.ready()
+        yield until(child, lambda s: s["client"], "an S3 client")
         results = yield herd(child.port, paths, each=3)
         check_replies(results, paths, sums, each=3)
         assert origin.requests == [], "the parent answered from S3, not the origin"
@@ -324,6 +325,11 @@ def test_a_two_worker_parent_with_an_empty_disk_answers_a_child_from_s3(origin, 
             hit = yield fetch(child.port, HOST, path)
             assert hit.headers["x-cache"] == "HIT" and hit.sha256 == expected
         assert origin.requests == []
+        # The child's write-behind finds each object's pointer there: one HEAD apiece.
+        state = yield until(child, lambda s: s["present"] >= objects and not s["queued"]
+                            and not s["uploading"], "its write-behind done")
+        assert (state["uploaded"], state["present"], state["hits"]) == (0, objects, 0), state
+        assert state["requests"] == objects, state
     finally:
         child.stop()
         parent.stop()
