@@ -348,8 +348,15 @@ class Flight:
             variant_key(target.base, self.vary, target.headers),
             headers.get("content-encoding", "identity").strip().lower() != "identity") \
             if response.code == 200 else None
+        # A tier that knows the body's sha256 (the S3 store's pointer) has it checked like
+        # an index's digest, and hears how the body ended.
+        promised = getattr(response, "digest", None)
+        if promised is not None and expected is not None:
+            expected.append(promised)
         download = Download(self.flights.store.new_partial(), _length(response), expected,
                             self.flights.in_thread)
+        if (ended := getattr(response, "body_ended", None)) is not None:
+            download.on_finish(ended)
         if refusal is None:
             self.flights.store.set_vary(self.target.base, self.vary)
             key = variant_key(self.target.base, self.vary, self.target.headers)

@@ -38,14 +38,15 @@ from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from gateway.cache.breaker import Breaker
-from gateway.cache.download import VerificationError
+from gateway.cache.download import Download, VerificationError
 from gateway.cache.fetcher import Fetcher
-from gateway.cache.rules import Policy, Rule
+from gateway.cache.rules import Digest, Policy, Rule
 from gateway.cache.store import Meta, Store
 
 log = Logger()
 
 SOURCE = "s3"
+POINTER = "the S3 store's pointer"  # the source named when a body does not match it
 # Presigned URLs are used at once; a short life limits what a leaked one is worth.
 PRESIGN_SECONDS = 300
 # Uploads running at once: the write-behind must not take the upstream's bandwidth.
@@ -89,10 +90,12 @@ def make_client(endpoint: str, region: str, credentials_file: str, timeout: floa
 @implementer(IResponse)
 class StoredResponse:
     """The S3 body as the flight sees an upstream response: the stored head, the S3 body,
-    refused at its end when its sha256 is not the pointer's."""
+    and the pointer's sha256 as a digest the download must match (its last byte held back
+    until it does).  A body that does not is reported to the tier (``body_ended``)."""
 
-    def __init__(self, body, document: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
-        self.body, self.document = body, document
+    def __init__(self, body, document: dict[str, Any], tier: "S3Tier",  # type: ignore[no-untyped-def]
+                 cache_key: str) -> None:
+        self.body, self.document, self.tier, self.cache_key = body, document, tier, cache_key
         self.code = document["status"]
         self.phrase = b"OK"
         self.version = (b"HTTP", 1, 1)
@@ -102,32 +105,19 @@ class StoredResponse:
         self.length = document["length"]
         self.request = self.previousResponse = None
         self.source = SOURCE
+        self.digest = Digest("sha256", document["sha256"], POINTER)
 
     def deliverBody(self, protocol: Protocol) -> None:  # noqa: N802
-        self.body.deliverBody(_Checked(protocol, self.document["sha256"]))
+        self.body.deliverBody(protocol)
+
+    def body_ended(self, download: Download) -> None:
+        error = download.error
+        if error is not None and error.check(VerificationError) and \
+                download.sha256.hexdigest() != self.digest.hex:
+            self.tier.corrupt(self.cache_key, self.digest.hex)
 
     def setPreviousResponse(self, response) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
         pass
-
-
-class _Checked(Protocol):
-    def __init__(self, inner: Protocol, sha256: str) -> None:
-        self.inner, self.expected, self.hash = inner, sha256, hashlib.sha256()
-
-    def makeConnection(self, transport) -> None:  # type: ignore[no-untyped-def]  # noqa: N802
-        self.transport = transport
-        self.inner.makeConnection(transport)
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self.hash.update(data)
-        self.inner.dataReceived(data)
-
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
-        from twisted.web.client import ResponseDone
-        if reason.check(ResponseDone) and self.hash.hexdigest() != self.expected:
-            reason = Failure(VerificationError(f"S3 body sha256 {self.hash.hexdigest()} != "
-                                               f"{self.expected}"))
-        self.inner.connectionLost(reason)
 
 
 class _Discard(Protocol):
@@ -150,7 +140,7 @@ class S3Tier:
         self.queued: set[str] = set()
         self.uploading = 0
         self.counts = {"uploaded": 0, "present": 0, "dropped": 0, "upload_errors": 0,
-                       "hits": 0, "misses": 0, "errors": 0, "requests": 0}
+                       "hits": 0, "misses": 0, "errors": 0, "requests": 0, "corrupt": 0}
 
     # -- life ------------------------------------------------------------------------
 
@@ -203,7 +193,7 @@ class S3Tier:
                 "if-modified-since" in headers or "range" in headers or not self.usable():
             return defer.succeed(None)
         d = self._get_pointer(target.key)
-        d.addCallback(self._get_body)
+        d.addCallback(self._get_body, target.key)
         d.addErrback(self._read_failed)
         return d
 
@@ -221,7 +211,7 @@ class S3Tier:
         return json.loads(body)
 
     @defer.inlineCallbacks
-    def _get_body(self, document: dict | None):  # type: ignore[no-untyped-def]
+    def _get_body(self, document: dict | None, cache_key: str):  # type: ignore[no-untyped-def]
         if document is None:
             return None
         response = yield self.fetcher.request("GET", self.presign(
@@ -231,11 +221,23 @@ class S3Tier:
             raise S3Error(f"body: status {response.code}")
         self.breaker.succeeded()
         self.counts["hits"] += 1
-        return StoredResponse(response, document)
+        return StoredResponse(response, document, self, cache_key)
 
     def _read_failed(self, failure: Failure) -> None:
         self._failed(failure.getErrorMessage())
         return None
+
+    def corrupt(self, cache_key: str, sha256: str) -> None:
+        """A body read here did not hash to its name: the store is failing like any other
+        way (the breaker opens), and the pointer and the body are deleted, so the next
+        host to fetch the object from the upstream puts it back whole."""
+        self.counts["corrupt"] += 1
+        self._failed(f"body {sha256} does not hash to its name")
+        for key in (pointer_key(self.prefix, cache_key), body_key(self.prefix, sha256)):
+            d = self.fetcher.request("DELETE", self.presign("delete_object", key), {})
+            d.addCallback(readBody)
+            d.addErrback(lambda f, key=key: log.error("cannot delete S3 {key}: {error}",
+                                                      key=key, error=f.getErrorMessage()))
 
     # -- write-behind ----------------------------------------------------------------
 

@@ -38,9 +38,11 @@ def tier_metrics(tiers: dict[str, Any] | None) -> Iterator[Metric]:
 def _s3(s3: dict[str, Any]) -> Iterator[Metric]:
     yield GaugeMetricFamily("cachegate_s3_up", "1 while the S3 tier's breaker is closed "
                             "(or probing), 0 while open", value=0 if s3["state"] == "open" else 1)
-    reads = CounterMetricFamily("cachegate_s3_reads", "Read-through look-ups, by result",
+    reads = CounterMetricFamily("cachegate_s3_reads", "Read-through look-ups, by result "
+                                "(corrupt: a body that did not hash to its name, deleted)",
                                 labels=["result"])
-    for result, key in (("hit", "hits"), ("miss", "misses"), ("error", "errors")):
+    for result, key in (("hit", "hits"), ("miss", "misses"), ("error", "errors"),
+                        ("corrupt", "corrupt")):
         reads.add_metric([result], s3[key])
     yield reads
     writes = CounterMetricFamily("cachegate_s3_writes", "Write-behind uploads, by result "

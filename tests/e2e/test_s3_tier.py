@@ -14,7 +14,7 @@ from twisted.internet import defer, reactor, task, threads
 from tests.fixtures import make_blob
 from tests.http_client import fetch, raw_get
 from tests.processes import GatewayProcess, api_stats, free_port
-from tests.s3_server import WEED, S3Server
+from tests.s3_server import BUCKET, WEED, S3Server
 
 HOST = "repo1.maven.org"
 
@@ -96,6 +96,44 @@ def test_a_host_with_an_empty_disk_serves_from_s3_what_another_fetched(origin, s
         state = yield until(b, lambda s: s["uploaded"] >= 1 and not s["uploading"],
                             "the origin's object uploaded")
         assert (state["uploaded"], state["present"]) == (1, 0), state
+    finally:
+        b.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_corrupt_body_in_s3_never_reaches_a_client_whole_and_is_deleted(origin, s3, tmp_path):
+    path, size = "/maven2/org/ex/s3/3.0/s3-3.0.jar", 1_000_000
+    expected = blob(origin, path, size)  # no .sha1: only S3's pointer names its digest
+    a = yield host(tmp_path, "a", origin.url, s3.toml()).ready()
+    try:
+        yield until(a, lambda s: s["client"], "an S3 client")
+        assert (yield fetch(a.port, HOST, path)).sha256 == expected
+        yield until(a, lambda s: s["uploaded"] >= 1 and not s["uploading"], "uploaded")
+    finally:
+        a.stop()
+    body = f"fleet/sha256/{expected}"
+    make_blob(tmp_path / "bad", size, seed="other bytes")  # as long, not the same
+    bad = (tmp_path / "bad").read_bytes()
+    yield threads.deferToThread(lambda: s3.client().put_object(Bucket=BUCKET, Key=body,
+                                                                Body=bad))
+
+    b = yield host(tmp_path, "b", origin.url, s3.toml(breaker_seconds=3600)).ready()
+    try:
+        yield until(b, lambda s: s["client"], "an S3 client")
+        head, _, proto = yield raw_get(b.port, HOST, path, keep=False)
+        assert head.startswith("HTTP/1.1 200")
+        assert proto.body_length < size, "the last byte is held back until the body matches"
+        state = yield until(b, lambda s: s["corrupt"] == 1, "the bad body reported")
+        assert state["state"] == "open", state
+        for _ in range(100):  # the pointer and the body are deleted: the store heals
+            keys = yield threads.deferToThread(s3.keys, "fleet/")
+            if body not in keys and not any(k.startswith("fleet/keys/") for k in keys):
+                break
+            yield sleep(0.05)
+        assert body not in keys and not [k for k in keys if k.startswith("fleet/keys/")], keys
+        again = yield fetch(b.port, HOST, path)  # the tier is out: the origin serves
+        assert again.status == 200 and again.sha256 == expected
+        assert origin.count("/maven" + path) == 2
     finally:
         b.stop()
 
