@@ -41,9 +41,10 @@ def _tiers(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], str]]:
              for p in tiers.get("parents") or []]
     if s3 := tiers.get("s3"):
         shown.append(("s3", f'{s3["endpoint"]}/{s3["bucket"]}', s3,
-                      f'{s3["hits"]} hits, {s3["misses"]} misses, {s3["corrupt"]} corrupt; {s3["uploaded"]} '
-                      f'uploaded, {s3["present"]} already there, {s3["queued"]} queued '
-                      f'(of {s3["queue_limit"]}), {s3["dropped"]} dropped; {s3["requests"]} requests'))
+                      f'{s3["hits"]} hits, {s3["misses"]} misses, {s3["corrupt"]} corrupt; '
+                      f'{s3["uploaded"]} uploaded, {s3["present"]} already there, '
+                      f'{s3["queued"]} queued (of {s3["queue_limit"]}), {s3["dropped"]} '
+                      f'dropped; {s3["requests"]} requests'))
     return shown
 
 
