@@ -20,10 +20,11 @@ import time
 from urllib.parse import unquote
 
 import pytest_twisted
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, threads
 from twisted.logger import LogLevel, globalLogPublisher
 
 from gateway.front import client_errors
+from tests.dns_helpers import FakeUpstream
 from tests.http_client import fetch
 from tests.tls_gateways import TlsGateway
 
@@ -132,7 +133,9 @@ def test_mutated_request_heads_never_reach_a_traceback_nor_the_origin_malformed(
     target = origin.root / "maven" / OBJECT.lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(BODY)
-    gw: TlsGateway = start_tls_gateway(origin.url, proxy=True)
+    # Mutated hosts get NXDOMAIN at once: no lookup outlives the test to log in the next.
+    names = FakeUpstream(reactor).start()
+    gw: TlsGateway = start_tls_gateway(origin.url, proxy=True, forwarders=(names.address,))
     events: list[dict] = []
     observer = events.append
     globalLogPublisher.addObserver(observer)
@@ -141,6 +144,7 @@ def test_mutated_request_heads_never_reach_a_traceback_nor_the_origin_malformed(
         ran = yield run_cases(gw)
     finally:
         globalLogPublisher.removeObserver(observer)
+        yield names.stop()
     windows = int((time.monotonic() - started) // client_errors.SECONDS) + 2
     warned = [e for e in events if e.get("log_level") == LogLevel.warn]
     assert len(warned) <= client_errors.LINES * windows, "bad input's warn lines are bounded"

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, threads
+from twisted.internet import reactor
 
 from gateway.ecosystems.catalogue import BUILTIN
 from gateway.ops.cli import LOCK_FILE, hold_state_lock, main
 from gateway.config import load_config
+from tests.cli_runs import cli, own_stderr
 from tests.dns_helpers import FakeUpstream
 from tests.gateways import RunningGateway
 from tests.processes import free_port
@@ -60,7 +61,7 @@ def test_global_options_work_before_or_after_the_command(argv, tmp_path, capsys)
                       f'admin = "127.0.0.1:{free_port()}"\n')
     argv = [a.format(c=config, s=state) for a in argv]
     assert main(argv) == 1
-    assert capsys.readouterr().err == f"cachegate: error: no cache in {state}: the gateway " \
+    assert own_stderr(capsys.readouterr().err) == f"cachegate: error: no cache in {state}: the gateway " \
         "has not run with this state directory (see --state-dir)\n"
 
 
@@ -68,7 +69,7 @@ def test_a_bad_config_after_the_command_is_named(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[server]\nhttp_port = 'x'\n")
     assert main(["serve", "--config", str(bad)]) == 1
-    assert capsys.readouterr().err.startswith(f"cachegate: error: {bad}: server.http_port:")
+    assert own_stderr(capsys.readouterr().err).startswith(f"cachegate: error: {bad}: server.http_port:")
 
 
 def write_config(tmp_path: Path, gw: RunningGateway | None = None, **server: object) -> Path:
@@ -80,15 +81,6 @@ def write_config(tmp_path: Path, gw: RunningGateway | None = None, **server: obj
     path = tmp_path / "cli.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@defer.inlineCallbacks
-def cli(capsys, config: Path, *argv: str):  # type: ignore[no-untyped-def]
-    """``cachegate --config config ARGV`` in a thread: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = yield threads.deferToThread(main, ["--config", str(config), *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest_twisted.inlineCallbacks

@@ -24,6 +24,7 @@ from twisted.internet import defer, threads
 
 from gateway.cache.rules import Policy, Rule
 from gateway.ops.cli import main
+from tests.cli_runs import cli
 from tests.http_client import fetch
 
 LOOPBACK = "127.0.0.0/8"
@@ -62,14 +63,6 @@ def cli_config(tmp_path: Path, gw=None, state_dir: Path | None = None,  # type: 
     return path
 
 
-@defer.inlineCallbacks
-def cachegate(capsys, config: Path, *argv: str):  # type: ignore[no-untyped-def]
-    capsys.readouterr()
-    code = yield threads.deferToThread(main, ["--config", str(config), *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def host_of(fixtures, ecosystem: str, path: str) -> str:  # type: ignore[no-untyped-def]
     return next(o.host for o in fixtures.objects if o.ecosystem == ecosystem and o.path == path)
 
@@ -93,13 +86,13 @@ def fixture_sha256(fixtures, path: str) -> str:  # type: ignore[no-untyped-def]
 def recorded(gw, fixtures, capsys, tmp_path, name="app"):  # type: ignore[no-untyped-def]
     """A session named ``name`` around one build (fetched twice: misses, then hits)."""
     config = cli_config(tmp_path, gw)
-    code, out, err = yield cachegate(capsys, config, "session", "start", "--name", name,
+    code, out, err = yield cli(capsys, config, "session", "start", "--name", name,
                                      "--clients", LOOPBACK)
     assert code == 0, err
     session = out.strip()
     first = yield build(gw, fixtures)
     second = yield build(gw, fixtures)
-    code, out, err = yield cachegate(capsys, config, "session", "stop", name)
+    code, out, err = yield cli(capsys, config, "session", "stop", name)
     assert code == 0, err
     assert f"session {session} stopped" in out
     return session, first, second
@@ -112,7 +105,7 @@ def test_a_recorded_build_is_a_valid_cyclonedx_16_sbom_of_exactly_its_packages(
     session, first, second = yield recorded(gw, fixtures, capsys, tmp_path)
     assert all(r.status == 200 for r in first.values())
     assert {second[p].headers["x-cache"] for p in second} == {"HIT"}
-    code, out, err = yield cachegate(capsys, cli_config(tmp_path, gw), "session", "sbom", "app")
+    code, out, err = yield cli(capsys, cli_config(tmp_path, gw), "session", "sbom", "app")
     assert code == 0, err
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(out) is None
     sbom = json.loads(out)
@@ -139,7 +132,7 @@ def test_a_failing_sbom_check_can_fail(origin, fixtures, start_gateway, tmp_path
     """The schema check is real: a component without its name is refused."""
     gw = start_gateway(origin.url)
     yield recorded(gw, fixtures, capsys, tmp_path)
-    code, out, _ = yield cachegate(capsys, cli_config(tmp_path, gw), "session", "sbom", "app")
+    code, out, _ = yield cli(capsys, cli_config(tmp_path, gw), "session", "sbom", "app")
     sbom = json.loads(out)
     del sbom["components"][0]["name"]
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(json.dumps(sbom)) is not None
@@ -152,24 +145,24 @@ def test_overlapping_sessions_each_record_and_are_marked(
     config = cli_config(tmp_path, gw)
     ids = []
     for name in ("one", "two"):
-        code, out, err = yield cachegate(capsys, config, "session", "start", "--name", name,
+        code, out, err = yield cli(capsys, config, "session", "start", "--name", name,
                                          "--clients", LOOPBACK)
         assert code == 0, err
         ids.append(out.strip())
     yield build(gw, fixtures, BUILD[6:7])
     for name in ("one", "two"):
-        yield cachegate(capsys, config, "session", "stop", name)
-        code, out, _ = yield cachegate(capsys, config, "session", "show", name, "--json")
+        yield cli(capsys, config, "session", "stop", name)
+        code, out, _ = yield cli(capsys, config, "session", "show", name, "--json")
         doc = json.loads(out)
         assert doc["overlap"] is True
         assert [r["url"] for r in doc["rows"]] == [
             "http://registry.npmjs.org/cachegate-fixture/-/cachegate-fixture-1.1.0.tgz"]
     # A session on other clients records nothing of 127.0.0.1's and overlaps no one.
-    code, out, _ = yield cachegate(capsys, config, "session", "start", "--name", "other",
+    code, out, _ = yield cli(capsys, config, "session", "start", "--name", "other",
                                    "--clients", "10.99.0.0/16")
     yield build(gw, fixtures, BUILD[6:7])
-    yield cachegate(capsys, config, "session", "stop", "other")
-    code, out, _ = yield cachegate(capsys, config, "session", "show", "other", "--json")
+    yield cli(capsys, config, "session", "stop", "other")
+    code, out, _ = yield cli(capsys, config, "session", "show", "other", "--json")
     assert json.loads(out)["responses"] == 0 and json.loads(out)["overlap"] is False
 
 
@@ -180,7 +173,7 @@ def test_session_run_wraps_a_command_and_exits_with_its_status(
     config = cli_config(tmp_path, gw)
     url = f"http://127.0.0.1:{gw.port}/cachegate-fixture/-/cachegate-fixture-1.1.0.tgz"
     sbom = tmp_path / "run.cdx.json"
-    code, out, err = yield cachegate(
+    code, out, err = yield cli(
         capsys, config, "session", "run", "--name", "ci", "--clients", LOOPBACK,
         "--sbom", str(sbom), "--", "sh", "-c",
         f"curl -sf -H 'Host: registry.npmjs.org' -o /dev/null {url} && exit 3")
@@ -197,11 +190,11 @@ def test_records_survive_a_restart_and_read_from_a_stopped_store(
     session, _, _ = yield recorded(gw, fixtures, capsys, tmp_path)
     yield gw.service.stopService()
     config = cli_config(tmp_path, state_dir=gw.config.server.state_dir)
-    code, out, err = yield cachegate(capsys, config, "session", "sbom", session)
+    code, out, err = yield cli(capsys, config, "session", "sbom", session)
     assert code == 0, err
     assert {c["purl"] for c in json.loads(out)["components"]} == set(PURLS)
     again = start_gateway(origin.url, state_dir=gw.config.server.state_dir)
-    code, out, err = yield cachegate(capsys, cli_config(tmp_path, again), "session", "sbom",
+    code, out, err = yield cli(capsys, cli_config(tmp_path, again), "session", "sbom",
                                      "app")
     assert code == 0, err
     assert {c["purl"] for c in json.loads(out)["components"]} == set(PURLS)
@@ -233,7 +226,7 @@ def test_replay_with_the_origin_stopped_serves_only_the_record(
     assert origin.requests == []
     # Its own record shows what was served and what was refused.
     yield threads.deferToThread(main, ["--config", str(config), "session", "stop", replay])
-    code, out, _ = yield cachegate(capsys, config, "session", "show", replay, "--json")
+    code, out, _ = yield cli(capsys, config, "session", "show", replay, "--json")
     rows = json.loads(out)["rows"]
     assert {r["source"] for r in rows} == {"cache", "error"}
     assert [r["status"] for r in rows if r["source"] == "error"] == [403]
@@ -300,7 +293,7 @@ def test_a_bundle_seeds_an_offline_gateway_tampering_is_refused_reimport_is_a_no
     gw = start_gateway(origin.url)
     session, first, _ = yield recorded(gw, fixtures, capsys, tmp_path)
     bundle = tmp_path / "app.tar"
-    code, out, err = yield cachegate(capsys, cli_config(tmp_path, gw), "export", "--session",
+    code, out, err = yield cli(capsys, cli_config(tmp_path, gw), "export", "--session",
                                      "app", "-o", str(bundle))
     assert code == 0, err
     with tarfile.open(bundle) as tar:
@@ -318,11 +311,11 @@ def test_a_bundle_seeds_an_offline_gateway_tampering_is_refused_reimport_is_a_no
     # B: a fresh state directory, filled while stopped, then served offline.
     state_b = tmp_path / "b"
     config_b = cli_config(tmp_path, state_dir=state_b)
-    code, out, err = yield cachegate(capsys, config_b, "import", str(bundle), "--json")
+    code, out, err = yield cli(capsys, config_b, "import", str(bundle), "--json")
     assert code == 0, err
     result = json.loads(out)
     assert len(result["imported"]) == len(meta["objects"]) and not result["refused"]
-    code, out, err = yield cachegate(capsys, config_b, "import", str(bundle), "--json")
+    code, out, err = yield cli(capsys, config_b, "import", str(bundle), "--json")
     again = json.loads(out)
     assert again["imported"] == [] and len(again["identical"]) == len(meta["objects"])
     gw_b = start_gateway(origin.url, state_dir=state_b, offline=True)
@@ -341,7 +334,7 @@ def test_a_tampered_body_is_refused_and_only_it(origin, fixtures, start_gateway,
     gw = start_gateway(origin.url)
     yield recorded(gw, fixtures, capsys, tmp_path)
     bundle, tampered = tmp_path / "app.tar", tmp_path / "tampered.tar"
-    yield cachegate(capsys, cli_config(tmp_path, gw), "export", "--session", "app", "-o",
+    yield cli(capsys, cli_config(tmp_path, gw), "export", "--session", "app", "-o",
                     str(bundle))
     jar_sha = fixture_sha256(fixtures, BUILD[9][1])
     with tarfile.open(bundle) as src, tarfile.open(tampered, "w") as out:
@@ -351,7 +344,7 @@ def test_a_tampered_body_is_refused_and_only_it(origin, fixtures, start_gateway,
                 data = data[:-1] + bytes([data[-1] ^ 1])  # same length, one bit off
             out.addfile(member, io.BytesIO(data) if data is not None else None)
     config_b = cli_config(tmp_path, state_dir=tmp_path / "b")
-    code, out, err = yield cachegate(capsys, config_b, "import", str(tampered), "--json")
+    code, out, err = yield cli(capsys, config_b, "import", str(tampered), "--json")
     assert code == 1
     result = json.loads(out)
     assert len(result["refused"]) == 1 and "fixture-1.0.jar" in result["refused"][0]
@@ -365,7 +358,7 @@ def test_an_import_never_overwrites_other_bytes_stored_under_a_url(
     gw = start_gateway(origin.url)
     yield recorded(gw, fixtures, capsys, tmp_path)
     bundle = tmp_path / "app.tar"
-    yield cachegate(capsys, cli_config(tmp_path, gw), "export", "--session", "app", "-o",
+    yield cli(capsys, cli_config(tmp_path, gw), "export", "--session", "app", "-o",
                     str(bundle))
     # B already holds a tarball's URL with other bytes (the origin changed them).
     tgz = BUILD[7][1]
@@ -375,7 +368,7 @@ def test_an_import_never_overwrites_other_bytes_stored_under_a_url(
     reply = yield fetch(gw_b.port, "registry.npmjs.org", tgz)
     assert reply.body == other
     origin.behave(f"/npm{tgz}")
-    code, out, err = yield cachegate(capsys, cli_config(tmp_path, gw_b), "import", str(bundle),
+    code, out, err = yield cli(capsys, cli_config(tmp_path, gw_b), "import", str(bundle),
                                      "--json")
     assert code == 0, err
     result = json.loads(out)
@@ -429,13 +422,13 @@ def test_the_default_client_set_is_a_bridge_network():
 def test_session_errors_are_one_line(origin, start_gateway, tmp_path, capsys):
     gw = start_gateway(origin.url)
     config = cli_config(tmp_path, gw)
-    code, _, err = yield cachegate(capsys, config, "session", "start", "--name", "a/b",
+    code, _, err = yield cli(capsys, config, "session", "start", "--name", "a/b",
                                    "--clients", LOOPBACK)
     assert code == 1 and err == "cachegate: error: a session name is 1-100 printable " \
                                 "characters, no '/'\n"
-    code, _, err = yield cachegate(capsys, config, "session", "stop", "nothing-like-it")
+    code, _, err = yield cli(capsys, config, "session", "stop", "nothing-like-it")
     assert code == 1 and "no session has the id or name 'nothing-like-it'" in err
-    code, _, err = yield cachegate(capsys, config, "session", "start", "--clients", "bogus")
+    code, _, err = yield cli(capsys, config, "session", "start", "--clients", "bogus")
     assert code == 1 and "clients:" in err
-    code, _, err = yield cachegate(capsys, config, "session", "run", "--clients", LOOPBACK)
+    code, _, err = yield cli(capsys, config, "session", "run", "--clients", LOOPBACK)
     assert code == 1 and "needs a command after --" in err

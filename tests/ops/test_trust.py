@@ -20,6 +20,7 @@ from gateway.ops.trust import (IMAGE_ENV, LABEL, ImageRecords, dns_section, dock
                            keep_alive_tag, with_dns_section)
 from tls.ca import permitted_domains
 from tls.store import ca_paths, load_or_create_ca
+from tests.cli_runs import own_stderr
 
 # The fake keeps its images in $FAKE_DOCKER/images.json (ref or id -> inspect document) and
 # appends each call's argv to calls.jsonl; a build saves its context under builds/N/.
@@ -237,7 +238,7 @@ def test_trust_image_without_names_or_config_list_is_an_error(setup, capsys):
 def test_restore_of_an_image_never_shadowed_is_an_error(setup, capsys):
     config_file, _, home = setup
     assert cachegate(config_file, "trust", "image", "--restore", "python:3.12") == 1
-    assert capsys.readouterr().err.startswith("cachegate: error: python:3.12: not shadowed")
+    assert own_stderr(capsys.readouterr().err).startswith("cachegate: error: python:3.12: not shadowed")
     assert not (home / "calls.jsonl").exists()
 
 

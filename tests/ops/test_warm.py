@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, threads
+from twisted.internet import threads
 
 from gateway.ops.admin import AdminService
 from gateway.ops.cli import main
 from gateway.ops.humanize import human_bytes
 from gateway.ops.status_page import render_status
+from tests.cli_runs import cli
 from tests.clients import need, ok, run
 from tests.lockfile_fixtures import lockfiles
 
@@ -39,15 +40,6 @@ def cli_config(tmp_path: Path, gw=None, admin_port: int | None = None) -> Path: 
     return path
 
 
-@defer.inlineCallbacks
-def cachegate(capsys, config: Path, *argv: str):  # type: ignore[no-untyped-def]
-    """``cachegate --config CONFIG ARGV`` in a thread (the gateway runs on the reactor)."""
-    capsys.readouterr()
-    code = yield threads.deferToThread(main, ["--config", str(config), *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def report(out: str) -> dict:
     return json.loads(out)
 
@@ -63,7 +55,7 @@ def test_a_warm_fetches_each_artifact_once_and_a_second_warm_nothing(
     case = cases[fmt]
     gw = start_gateway(origin.url)
     config = cli_config(tmp_path, gw)
-    code, out, err = yield cachegate(capsys, config, "warm", "--json", str(case.path))
+    code, out, err = yield cli(capsys, config, "warm", "--json", str(case.path))
     assert code == 0, (out, err)
     items = report(out)["items"]
     assert {i["status"] for i in items} <= GOOD, items
@@ -75,7 +67,7 @@ def test_a_warm_fetches_each_artifact_once_and_a_second_warm_nothing(
     assert checked and all(i["verified"] for i in checked)
 
     origin.reset()
-    code, out, _ = yield cachegate(capsys, config, "warm", "--json", str(case.path))
+    code, out, _ = yield cli(capsys, config, "warm", "--json", str(case.path))
     assert code == 0
     assert {i["status"] for i in report(out)["items"]} == {"stored"}
     assert origin.requests == []
@@ -89,7 +81,7 @@ def test_at_most_jobs_downloads_at_once(cases, origin, start_gateway, tmp_path, 
     origin.behave("/*", delay_headers=0.05)  # every answer takes a while: requests overlap
     paths = [str(c.path) for name, c in cases.items() if name in ("maven", "apt", "cargo",
                                                                     "go.sum", "uv")]
-    code, out, _ = yield cachegate(capsys, config, "warm", "--jobs", "3", *paths)
+    code, out, _ = yield cli(capsys, config, "warm", "--jobs", "3", *paths)
     assert code == 0, out
     assert 2 <= origin.max_in_flight <= 3
     assert "verified" in out.splitlines()[-1]
@@ -98,7 +90,7 @@ def test_at_most_jobs_downloads_at_once(cases, origin, start_gateway, tmp_path, 
 @pytest_twisted.inlineCallbacks
 def test_dry_run_lists_the_plan_and_contacts_nothing(cases, origin, tmp_path, capsys):
     config = cli_config(tmp_path, admin_port=9)  # nothing listens there: never asked
-    code, out, _ = yield cachegate(capsys, config, "warm", "--dry-run",
+    code, out, _ = yield cli(capsys, config, "warm", "--dry-run",
                                    *(str(c.path) for c in cases.values()))
     assert code == 0
     assert "http://registry.npmjs.org/cachegate-fixture/-/cachegate-fixture-1.1.0.tgz" in out
@@ -113,14 +105,14 @@ def test_exit_codes_usage_2_failures_1(cases, origin, start_gateway, tmp_path, c
     config = cli_config(tmp_path, gw)
     odd = tmp_path / "deps.lockish"
     odd.write_text("x")
-    code, _, err = yield cachegate(capsys, config, "warm", str(odd))
+    code, _, err = yield cli(capsys, config, "warm", str(odd))
     assert code == 2 and "cannot tell the format" in err
     broken = tmp_path / "broken" / "package-lock.json"
     broken.parent.mkdir()
     broken.write_text("{not json")
-    code, _, err = yield cachegate(capsys, config, "warm", str(broken))
+    code, _, err = yield cli(capsys, config, "warm", str(broken))
     assert code == 2 and "not a readable package-lock file" in err
-    code, _, err = yield cachegate(capsys, config, "warm", str(tmp_path / "missing.lock"))
+    code, _, err = yield cli(capsys, config, "warm", str(tmp_path / "missing.lock"))
     assert code == 2
     assert origin.requests == []
 
@@ -131,7 +123,7 @@ def test_exit_codes_usage_2_failures_1(cases, origin, start_gateway, tmp_path, c
     bad = tmp_path / "bad" / "package-lock.json"
     bad.parent.mkdir()
     bad.write_text(json.dumps(lock))
-    code, out, _ = yield cachegate(capsys, config, "warm", "--json", str(bad))
+    code, out, _ = yield cli(capsys, config, "warm", "--json", str(bad))
     assert code == 1
     statuses = {i["name"]: i["status"] for i in report(out)["items"]}
     assert statuses == {"cachegate-fixture@1.1.0": "mismatch", "@cachegate/fixture@1.0.0": "verified"}
@@ -139,9 +131,9 @@ def test_exit_codes_usage_2_failures_1(cases, origin, start_gateway, tmp_path, c
     assert gw.service.gateway.flights.integrity.counts["mismatch"] == 1
 
     # The same URL, now stored with the right bytes, then a lockfile that disagrees: drift.
-    code, _, _ = yield cachegate(capsys, config, "warm", str(cases["package-lock"].path))
+    code, _, _ = yield cli(capsys, config, "warm", str(cases["package-lock"].path))
     assert code == 0
-    code, out, _ = yield cachegate(capsys, config, "warm", "--json", str(bad))
+    code, out, _ = yield cli(capsys, config, "warm", "--json", str(bad))
     assert code == 1
     statuses = {i["name"]: i["status"] for i in report(out)["items"]}
     assert statuses["cachegate-fixture@1.1.0"] == "drift"
@@ -149,7 +141,7 @@ def test_exit_codes_usage_2_failures_1(cases, origin, start_gateway, tmp_path, c
     assert gw.service.gateway.flights.events.drift["npm"] == 1  # cachegate_drift_events_total
 
     yield gw.service.stopService()
-    code, _, err = yield cachegate(capsys, config, "warm", str(cases["cargo"].path))
+    code, _, err = yield cli(capsys, config, "warm", str(cases["cargo"].path))
     assert code == 1 and "does not answer" in err
 
 
@@ -159,16 +151,16 @@ def test_pins_survive_a_squeeze_and_an_oversized_set_is_refused(
     gw = start_gateway(origin.url)
     config = cli_config(tmp_path, gw)
     npm = cases["package-lock"].path
-    code, out, err = yield cachegate(capsys, config, "warm", "--key-from", str(npm))
+    code, out, err = yield cli(capsys, config, "warm", "--key-from", str(npm))
     assert code == 0, (out, err)
     assert "pinned as lock-" in out
     pinned = {e.key for e in gw.store.entries()}
-    code, out, _ = yield cachegate(capsys, config, "pin", "ls", "--json")
+    code, out, _ = yield cli(capsys, config, "pin", "ls", "--json")
     [(name, figures)] = report(out)["pins"].items()
     assert figures["stored"] == figures["keys"] == 2 and name.startswith("lock-")
 
     gw.store.size_limit = gw.store.volume() + 8 * 1024  # room for little more
-    code, _, _ = yield cachegate(capsys, config, "warm", str(cases["apt"].path),
+    code, _, _ = yield cli(capsys, config, "warm", str(cases["apt"].path),
                                  str(cases["maven"].path))
     keys = {e.key for e in gw.store.entries()}
     assert pinned <= keys  # every unpinned object was evicted first
@@ -178,18 +170,18 @@ def test_pins_survive_a_squeeze_and_an_oversized_set_is_refused(
     assert stats == 0
     pinned_bytes = sum(e.meta.length for e in gw.store.entries() if e.key in pinned)
     assert report(capsys.readouterr().out)["cache"]["pinned"] == pinned_bytes
-    code, out, _ = yield cachegate(capsys, config, "stats")
+    code, out, _ = yield cli(capsys, config, "stats")
     assert f"pinned: {human_bytes(pinned_bytes)}" in out
     api = next(child for child in gw.service if isinstance(child, AdminService)).api
     page = render_status(api.stats()).decode()
     assert f'id="pinned">{human_bytes(pinned_bytes)}<' in page
 
     gw.store.size_limit = 1024  # smaller than the set: refused, never evicted silently
-    code, _, err = yield cachegate(capsys, config, "pin", "add", "big", str(cases["maven"].path))
+    code, _, err = yield cli(capsys, config, "pin", "add", "big", str(cases["maven"].path))
     assert code == 1 and "refused" in err and "size_limit" in err
-    code, out, _ = yield cachegate(capsys, config, "pin", "ls", "--json")
+    code, out, _ = yield cli(capsys, config, "pin", "ls", "--json")
     assert set(report(out)["pins"]) == {name}
-    code, out, _ = yield cachegate(capsys, config, "pin", "rm", name)
+    code, out, _ = yield cli(capsys, config, "pin", "rm", name)
     assert code == 0 and report_pins(gw) == {}
 
 
@@ -203,9 +195,9 @@ def test_content_index_finds_and_serves_objects_by_sha256(cases, origin, fixture
     from tests.http_client import fetch
     gw = start_gateway(origin.url)
     config = cli_config(tmp_path, gw)
-    yield cachegate(capsys, config, "warm", str(cases["cargo"].path))
+    yield cli(capsys, config, "warm", str(cases["cargo"].path))
     crate = fixtures.get("crates", "/crates/cgf/1.0.0/download")
-    code, out, _ = yield cachegate(capsys, config, "cache", "ls", "--sha256", crate.sha256,
+    code, out, _ = yield cli(capsys, config, "cache", "ls", "--sha256", crate.sha256,
                                    "--json")
     assert code == 0
     assert [e["url"] for e in report(out)["entries"]] == ["static.crates.io" + crate.path]
@@ -224,7 +216,7 @@ def test_npm_ci_installs_from_the_cache_after_a_warm(cases, origin, start_gatewa
     gw = start_gateway(origin.url)
     config = cli_config(tmp_path, gw)
     case = cases["package-lock"]
-    code, _, _ = yield cachegate(capsys, config, "warm", str(case.path))
+    code, _, _ = yield cli(capsys, config, "warm", str(case.path))
     assert code == 0
     yield origin.stop_serving()
     project = case.path.parent
@@ -245,7 +237,7 @@ def test_pip_install_require_hashes_from_the_cache_after_a_warm(cases, origin, s
     gw = start_gateway(origin.url)
     config = cli_config(tmp_path, gw)
     case = cases["requirements"]
-    code, out, _ = yield cachegate(capsys, config, "warm", str(case.path))
+    code, out, _ = yield cli(capsys, config, "warm", str(case.path))
     assert code == 0, out
     yield origin.stop_serving()
     target = tmp_path / "site"
@@ -269,7 +261,7 @@ def test_go_mod_download_verifies_the_warmed_modules_with_the_origin_stopped(
     gw = start_gateway(origin.url)
     config = cli_config(tmp_path, gw)
     case = cases["go.sum"]
-    code, out, _ = yield cachegate(capsys, config, "warm", "--json", str(case.path))
+    code, out, _ = yield cli(capsys, config, "warm", "--json", str(case.path))
     assert code == 0
     assert {i["status"] for i in report(out)["items"] if i["url"].endswith(".zip")} == {"verified"}
     yield origin.stop_serving()
@@ -303,7 +295,7 @@ def test_warm_reports_a_mismatch_when_upstream_bytes_disagree(fmt, cases, origin
     origin.behave(target, body=counter_bytes(4096, b"tampered"))
     gw = start_gateway(origin.url)
     config = cli_config(tmp_path, gw)
-    code, out, _ = yield cachegate(capsys, config, "warm", "--json", str(case.path))
+    code, out, _ = yield cli(capsys, config, "warm", "--json", str(case.path))
     assert code == 1
     items = report(out)["items"]
     bad = [i for i in items if i["status"] != "verified" and i["status"] in
@@ -324,7 +316,7 @@ def test_cargo_fetch_from_the_cache_after_a_warm(cases, fixtures, origin, start_
     need(missing("cargo") is None, f"cargo: {missing('cargo')}")
     gw = start_tls_gateway(origin.url, proxy=True)
     config = cli_config(tmp_path, gw)
-    code, out, _ = yield cachegate(capsys, config, "warm", "--json", str(cases["cargo"].path))
+    code, out, _ = yield cli(capsys, config, "warm", "--json", str(cases["cargo"].path))
     assert code == 0, out
     assert {i["status"] for i in report(out)["items"] if "/crates/" in i["url"]} == {"verified"}
     yield origin.stop_serving()
@@ -360,7 +352,7 @@ def test_under_offline_warm_is_a_readiness_check(cases, origin, start_gateway, t
     (exit 1): is this host ready for an air-gapped build?"""
     gw = start_gateway(origin.url, offline=True)
     config = cli_config(tmp_path, gw)
-    code, out, _ = yield cachegate(capsys, config, "warm", "--json", str(cases["uv"].path))
+    code, out, _ = yield cli(capsys, config, "warm", "--json", str(cases["uv"].path))
     assert code == 1
     assert {i["status"] for i in report(out)["items"]} == {"missing"}
     assert origin.requests == []
