@@ -131,8 +131,7 @@ class _EndpointFactory:
         self.fetcher = fetcher
 
     def endpointForURI(self, uri):  # type: ignore[no-untyped-def]  # noqa: N802 (Twisted API)
-        return _GuardedEndpoint(self.fetcher, uri.host.decode(), uri.port,
-                                uri.scheme == b"https")
+        return self.fetcher.endpoint(uri.host.decode(), uri.port, uri.scheme == b"https")
 
 
 class Fetcher:
@@ -156,6 +155,11 @@ class Fetcher:
         self.pool.cachedConnectionTimeout = POOL_IDLE_SECONDS
         self.agent = Agent.usingEndpointFactory(reactor, endpoints or _EndpointFactory(self),
                                                 pool=self.pool)
+
+    def endpoint(self, host: str, port: int, tls: bool = False) -> IStreamClientEndpoint:
+        """Connections to ``host``: an address is dialled at once, a name resolved with
+        ``resolve`` (no attempt delay, unlike ``HostnameEndpoint``)."""
+        return _GuardedEndpoint(self, host, port, tls)
 
     def request(self, method: str, url: str, headers: dict[str, str],
                 body: bytes | None = None) -> "defer.Deferred[IResponse]":

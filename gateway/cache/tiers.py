@@ -24,7 +24,6 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -87,8 +86,7 @@ def parent_fetcher(reactor, url: str, connect_timeout: float,  # type: ignore[no
     parts = urlsplit(url)
     fetcher = Fetcher(reactor, connect_timeout=connect_timeout, idle_timeout=idle_timeout)
     fetcher.pool.maxPersistentPerHost = PARENT_CONNECTIONS
-    endpoint = HostnameEndpoint(reactor, parts.hostname, parts.port or 80,
-                                timeout=connect_timeout)
+    endpoint = fetcher.endpoint(parts.hostname or "", parts.port or 80)
     fetcher.agent = ProxyAgent(endpoint, reactor, fetcher.pool)
     return fetcher
 

@@ -97,8 +97,7 @@ def gateway(work: Path, name: str, origin: str, extra: str = "") -> tuple[int, i
     settle(admin)
     # Objects outside the measured set, so that each worker (the owner of a key fetches
     # it) has made its connections and found a dead tier down: the target is a dead
-    # tier's cost once its breaker is open, and a refused connect takes Twisted's
-    # HostnameEndpoint 0.3 s (its attempt delay) once per worker.
+    # tier's cost once its breaker is open.
     for i in range(WARM_UP):
         urllib.request.urlopen(urllib.request.Request(
             f"http://127.0.0.1:{port}/bench/warm-{i}.bin", headers={"Host": HOST})).read()

@@ -1,13 +1,19 @@
-"""The shared tiers' pure parts: rendezvous ranking and the circuit breaker."""
+"""The shared tiers' pure parts: rendezvous ranking, the circuit breaker, and how a
+parent is dialled."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
 from gateway.cache.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 from gateway.cache.rendezvous import ranked
+from gateway.cache.tiers import parent_fetcher
 
 PARENTS = ["http://cg1:3130", "http://cg2:3130", "http://cg3:3130"]
 
@@ -66,3 +72,19 @@ def test_a_late_failure_while_open_does_not_push_the_probe_back():
     breaker.failed()  # a request sent before it opened
     clock.advance(2)
     assert breaker.allow()
+
+
+@pytest.mark.parametrize("url, host", [("http://127.0.0.1:3130", "127.0.0.1"),
+                                       ("http://[::1]:3130", "::1")])
+def test_a_parent_named_by_address_is_dialled_at_once_and_a_refusal_fails_at_once(url, host):
+    """No name lookup and no attempt delay: a dead parent costs its first request nothing
+    but the refused connect, before its breaker opens."""
+    reactor = MemoryReactorClock()
+    fetched = parent_fetcher(reactor, url, 5.0, 30.0).request(
+        "GET", "http://pypi.org/simple/six/", {})
+    failures: list[Failure] = []
+    fetched.addErrback(failures.append)
+    [(dialled, port, factory, timeout, _)] = reactor.tcpClients
+    assert (dialled, port, timeout) == (host, 3130, 5.0)
+    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    assert len(failures) == 1 and failures[0].check(ConnectionRefusedError), failures
