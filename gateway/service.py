@@ -92,6 +92,7 @@ class GatewayService(service.MultiService):
             if self.tiers is None:
                 self.tiers = flights.tiers = Tiers(reactor, self.fetcher, [], "")
             self.tiers.before_upstream.append(self.s3.lookup)
+            self.s3.writes_to = self.tiers.s3_of
             flights.on_commit = self.s3.committed
         self.gateway = Gateway(reactor, config, self.store, flights, self.stats,
                                self.ca.cert_pem(), access_log,
@@ -101,7 +102,7 @@ class GatewayService(service.MultiService):
         if config.cluster.listen is not None:  # a parent: children's misses come here
             self.cluster_site = ClusterSite(
                 ClusterResource(self.gateway, read_token(config.cluster.token_file),
-                                instance_name(config)),
+                                instance_name(config), self.s3.identity if self.s3 else ""),
                 timeout=CLIENT_IDLE_TIMEOUT)
         self.mirror: RegistryMirror | None = None
         if config.images.listen is not None:

@@ -99,7 +99,8 @@ class S3Server:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
 
-    def toml(self, queue: int = 1000, breaker_seconds: float = 5.0) -> str:
+    def toml(self, queue: int = 1000, breaker_seconds: float = 5.0,
+             prefix: str = "fleet/") -> str:
         return (f'[store.s3]\nendpoint = "{self.endpoint}"\nbucket = "{BUCKET}"\n'
-                f'prefix = "fleet/"\ncredentials_file = "{self.credentials}"\n'
+                f'prefix = "{prefix}"\ncredentials_file = "{self.credentials}"\n'
                 f"queue = {queue}\nbreaker_seconds = {breaker_seconds}\n")

@@ -5,6 +5,8 @@
   ``<prefix>sha256/<hex>``, then a small pointer ``<prefix>keys/<sha256 of the cache key>``
   holding its stored head (status, headers, sha256, length).  Both PUTs carry
   ``If-None-Match: *``: the first finished copy wins, a 412 means another host was first.
+  An object a parent gave us is left to that parent when it says it writes behind to
+  this same store (``identity``, in its answers' ``X-Cachegate-S3``).
 - **Read-through**: a local miss on an immutable object reads the pointer, then streams
   the body into the flight like an upstream response; it is stored under this host's own
   rule, and its sha256 must match the pointer's or the body is refused.
@@ -141,6 +143,11 @@ class S3Tier:
         self.uploading = 0
         self.counts = {"uploaded": 0, "present": 0, "dropped": 0, "upload_errors": 0,
                        "hits": 0, "misses": 0, "errors": 0, "requests": 0, "corrupt": 0}
+        # The store, as parents and children name it to each other.
+        named = f"{endpoint}\n{bucket}\n{prefix}".encode()
+        self.identity = hashlib.sha256(named).hexdigest()[:16]
+        # The store a tier (a parent's URL) said it writes behind to; "" when none.
+        self.writes_to: Callable[[str | None], str] = lambda source: ""
 
     # -- life ------------------------------------------------------------------------
 
@@ -243,10 +250,12 @@ class S3Tier:
 
     def committed(self, meta: Meta, cache_key: str, source: str | None = None) -> None:
         """Queue a committed object for upload (an immutable 200 with a sha256), unless it
-        was read from this store: its body and pointer are there already."""
+        was read from this store (its body and pointer are there already) or came from a
+        parent that writes behind to this store itself."""
         rule = self.rule_for(meta.url)
         if rule is None or rule.policy is not Policy.IMMUTABLE or meta.status != 200 or \
-                not meta.sha256 or cache_key in self.queued or source == SOURCE:
+                not meta.sha256 or cache_key in self.queued or source == SOURCE or \
+                self.writes_to(source) == self.identity:
             return
         if len(self.queue) + self.uploading >= self.limit:
             self.counts["dropped"] += 1

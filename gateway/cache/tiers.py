@@ -40,6 +40,8 @@ TOKEN_HEADER = "proxy-authorization"
 # own name there is the asker itself (one config file shared by the whole fleet lists every
 # host as a parent), and answers 508 instead of joining its own flight forever.
 INSTANCE_HEADER = "x-cachegate-child"
+# A parent's answers name the S3 store it writes behind to (``S3Tier.identity``).
+S3_HEADER = "x-cachegate-s3"
 UPSTREAM = "upstream"
 # Idle connections kept to each parent: a build's burst of misses reuses them.
 PARENT_CONNECTIONS = 32
@@ -60,6 +62,7 @@ class Parent:
     bytes: int = 0
     refusals: int = 0  # 403s: our token is not theirs
     itself: bool = False  # this gateway's own cluster port: never asked again
+    s3: str = ""  # the S3 store it writes behind to, as its last answer said
 
     def describe(self) -> dict[str, Any]:
         return {"parent": self.url, **self.breaker.describe(), "requests": self.requests,
@@ -139,7 +142,8 @@ class Tiers:
 
     def _parent_answered(self, response, parent: Parent, rest: list[Parent], target,  # type: ignore[no-untyped-def]
                          headers: dict[str, str], resumable: bool = True):
-        own_error = response.code >= 500 and "x-cache" not in header_dict(response.headers)
+        answered = header_dict(response.headers)
+        own_error = response.code >= 500 and "x-cache" not in answered
         if response.code == 508 and own_error:
             parent.itself = True
             log.info("parent {parent} is this gateway itself: not asked again",
@@ -155,6 +159,7 @@ class Tiers:
                       parent=parent.url, status=response.code)
             return self._next_parent(rest, target, headers, resumable)
         parent.breaker.succeeded()
+        parent.s3 = answered.get(S3_HEADER, "")
         if resumable and response.code == 200:
             response = Resumable(response, self, parent, rest, target, headers)
         response.source = parent.url
@@ -180,6 +185,12 @@ class Tiers:
             return response if response is not None else \
                 self._after_parents(tiers[1:], target, headers)
         return d.addCallback(answered)
+
+    def s3_of(self, source: str | None) -> str:
+        """The S3 store the parent at ``source`` writes behind to ("" if none or not a
+        parent)."""
+        parent = self.by_url.get(source or "")
+        return parent.s3 if parent is not None else ""
 
     def received(self, response, download) -> None:  # type: ignore[no-untyped-def]
         """Count a fetched body's bytes under the tier it came from, once it ends whole."""

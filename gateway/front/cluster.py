@@ -5,7 +5,8 @@ real Host) with the shared token in ``Proxy-Authorization: Bearer …``.  They a
 like any client's request, from this gateway's own cache and single flight, so concurrent
 misses on many hosts make one upstream request.  Without the token: 403.  Only hosts of
 the catalogue are served (the ordinary handler refuses any other with 403): the port is
-never an open proxy.
+never an open proxy.  With an S3 tier, each answer names the store this gateway writes
+behind to (``X-Cachegate-S3``): a child writing to the same store leaves the upload here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from twisted.web import server
 
-from gateway.cache.tiers import INSTANCE_HEADER, TOKEN_HEADER, bearer
+from gateway.cache.tiers import INSTANCE_HEADER, S3_HEADER, TOKEN_HEADER, bearer
 from gateway.front.fast_path import GatewayChannel, parse_simple_request
 from gateway.front.handler import Gateway, GatewayResource, GatewaySite
 
@@ -44,11 +45,12 @@ class ClusterChannel(GatewayChannel):
 class ClusterResource(GatewayResource):
     """The gateway, for children that show the cluster token."""
 
-    def __init__(self, gateway: Gateway, token: str, instance: str = "") -> None:
+    def __init__(self, gateway: Gateway, token: str, instance: str = "", s3: str = "") -> None:
         super().__init__(gateway)
-        self.instance = instance
+        self.instance, self.s3 = instance, s3
         self.expected = bearer(token).encode()
         self.refused = 0
+        self.s3_line = f"{S3_HEADER}: {s3}\r\n".encode() if s3 else b""
 
     def render(self, request: server.Request) -> int:
         request.defaultContentType = None
@@ -68,6 +70,8 @@ class ClusterResource(GatewayResource):
         if not request.uri.startswith((b"http://", b"HTTP://")):
             self.gateway._error(request, 400, "a cluster request is absolute-form")
             return server.NOT_DONE_YET
+        if self.s3:
+            request.setHeader(S3_HEADER, self.s3)
         return super().render(request)
 
     def fast_hit(self, data: bytes, client: str) -> bytes | None:
@@ -84,7 +88,11 @@ class ClusterResource(GatewayResource):
                 (self.instance and asker == self.instance):
             return None
         headers["host"] = absolute.group(1)
-        return self.gateway.fast_hit(method, absolute.group(2), headers, client)
+        response = self.gateway.fast_hit(method, absolute.group(2), headers, client)
+        if response is None or not self.s3_line:
+            return response
+        status, _, rest = response.partition(b"\r\n")
+        return b"%s\r\n%s%s" % (status, self.s3_line, rest)
 
 
 class ClusterSite(GatewaySite):

@@ -363,14 +363,57 @@ def test_a_two_worker_parent_with_an_empty_disk_answers_a_child_from_s3(origin, 
             hit = yield fetch(child.port, HOST, path)
             assert hit.headers["x-cache"] == "HIT" and hit.sha256 == expected
         assert origin.requests == []
-        # The child's write-behind finds each object's pointer there: one HEAD apiece.
-        state = yield until(child, lambda s: s["present"] >= objects and not s["queued"]
-                            and not s["uploading"], "its write-behind done")
-        assert (state["uploaded"], state["present"], state["hits"]) == (0, objects, 0), state
-        assert state["requests"] == objects, state
+        # The parent said it writes behind to the child's own store: the child leaves it.
+        state = yield s3_state(child)
+        assert (state["requests"], state["uploaded"], state["queued"]) == (0, 0, 0), state
     finally:
         child.stop()
         parent.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_child_leaves_the_upload_to_a_parent_that_writes_behind_to_the_same_store(
+        origin, s3, tmp_path):
+    """What a child gets from a parent that names the child's own S3 store, the parent has
+    written there: the child sends S3 nothing for it (a fleet of N children would send N
+    requests per object).  A child of another store uploads as ever."""
+    paths = ["/maven2/org/ex/lp/1.0/lp-1.0.jar", "/maven2/org/ex/lp/2.0/lp-2.0.jar"]
+    sums = [release(origin, paths[0], 8_000),  # the parent's fast path answers it
+            release(origin, paths[1], 250_000)]
+    objects = 2 * len(paths)  # each jar and its .sha1
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    cluster_port = free_port()
+    parent = host(tmp_path, "parent", origin.url, s3.toml() + (
+        f'\n[cluster]\nlisten = "127.0.0.1:{cluster_port}"\ntoken_file = "{token}"\n'))
+    children = (f'\n[cluster]\nparents = ["http://127.0.0.1:{cluster_port}"]\n'
+                f'token_file = "{token}"\n')
+    same = host(tmp_path, "same", origin.url, s3.toml() + children)
+    other = host(tmp_path, "other", origin.url, s3.toml(prefix="other/") + children)
+    try:
+        for gw in (parent, same, other):
+            yield gw.ready()
+            yield until(gw, lambda s: s["client"], "an S3 client")
+        for path, expected in zip(paths, sums):
+            reply = yield fetch(parent.port, HOST, path)
+            assert reply.status == 200 and reply.sha256 == expected
+        yield until(parent, lambda s: s["uploaded"] == objects and not s["queued"]
+                    and not s["uploading"], "its uploads")
+        for gw in (same, other):
+            for path, expected in zip(paths, sums):
+                reply = yield fetch(gw.port, HOST, path)
+                assert reply.status == 200 and reply.sha256 == expected
+        assert len(origin.requests) == objects, "the parent's fetches only"
+        state = yield until(other, lambda s: s["uploaded"] == objects and not s["queued"]
+                            and not s["uploading"], "its own uploads")
+        assert state["requests"] >= objects, state
+        state = yield s3_state(same)
+        assert (state["requests"], state["uploaded"], state["queued"]) == (0, 0, 0), state
+        tiers = (yield api_stats(same))["tiers"]
+        assert tiers["bytes"].get("upstream", 0) == 0 and tiers["bytes"]["parents"] > 0, tiers
+    finally:
+        for gw in (other, same, parent):
+            gw.stop()
 
 
 def test_the_supervisor_shows_the_s3_client_only_once_every_worker_has_made_its_own():
