@@ -20,8 +20,11 @@ CACHE_MANAGED_FIELDS = frozenset({
     "host", "content-length", "if-match", "if-none-match", "if-modified-since",
     "if-unmodified-since", "if-range", "range", "expect", "authorization", "cookie",
 })
+# A parent's answers name the S3 store it writes behind to (``S3Tier.identity``).
+S3_HEADER = "x-cachegate-s3"
 # Computed per response by us, never replayed from the store.
-NOT_REPLAYED = HOP_BY_HOP | {"content-length", "age", "set-cookie", "x-cache", "warning"}
+NOT_REPLAYED = HOP_BY_HOP | {"content-length", "age", "set-cookie", "x-cache", "warning",
+                            S3_HEADER}
 # RFC 9111 4.3.4: a 304 updates the stored headers, except the ones describing the body.
 NOT_UPDATED_BY_304 = frozenset({"content-length", "content-encoding", "content-range",
                                 "transfer-encoding"})

@@ -31,6 +31,7 @@ from twisted.web.client import ProxyAgent
 
 from gateway.cache.breaker import Breaker
 from gateway.cache.fetcher import Fetcher, header_dict
+from gateway.cache.headers import S3_HEADER
 from gateway.cache.rendezvous import ranked
 
 log = Logger()
@@ -40,8 +41,6 @@ TOKEN_HEADER = "proxy-authorization"
 # own name there is the asker itself (one config file shared by the whole fleet lists every
 # host as a parent), and answers 508 instead of joining its own flight forever.
 INSTANCE_HEADER = "x-cachegate-child"
-# A parent's answers name the S3 store it writes behind to (``S3Tier.identity``).
-S3_HEADER = "x-cachegate-s3"
 UPSTREAM = "upstream"
 # Idle connections kept to each parent: a build's burst of misses reuses them.
 PARENT_CONNECTIONS = 32

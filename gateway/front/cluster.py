@@ -17,7 +17,8 @@ from pathlib import Path
 
 from twisted.web import server
 
-from gateway.cache.tiers import INSTANCE_HEADER, S3_HEADER, TOKEN_HEADER, bearer
+from gateway.cache.headers import S3_HEADER
+from gateway.cache.tiers import INSTANCE_HEADER, TOKEN_HEADER, bearer
 from gateway.front.fast_path import GatewayChannel, parse_simple_request
 from gateway.front.handler import Gateway, GatewayResource, GatewaySite
 

@@ -403,6 +403,7 @@ def test_a_child_leaves_the_upload_to_a_parent_that_writes_behind_to_the_same_st
             for path, expected in zip(paths, sums):
                 reply = yield fetch(gw.port, HOST, path)
                 assert reply.status == 200 and reply.sha256 == expected
+                assert "x-cachegate-s3" not in reply.headers, "between gateways only"
         assert len(origin.requests) == objects, "the parent's fetches only"
         state = yield until(other, lambda s: s["uploaded"] == objects and not s["queued"]
                             and not s["uploading"], "its own uploads")
