@@ -5,8 +5,9 @@ our address, another name forwarded), HTTPS (each catalogue name's certificate v
 against our CA), the CA in the host's trust store, Docker's ``daemon.json`` pointing its
 DNS at us and its ``registry-mirrors`` at the registry mirror (which must answer: dockerd
 silently goes to Docker Hub when it does not), the images of ``trust.images`` still
-trusting the CA, and each upstream reachable.  Every failed check carries the fix.  Checks are
-blocking and bounded by ``timeout``; the slow ones (upstreams) run in parallel.
+trusting the CA, each upstream reachable, and each secret file (cluster token, S3 and
+registry credentials) readable by its owner alone.  Every failed check carries the fix.
+Checks are blocking and bounded by ``timeout``; the slow ones (upstreams) run in parallel.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
+import os
 import re
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,7 +72,28 @@ def run_checks(s: Situation) -> list[Check]:
               check_registry_mirror(s), check_trusted_images(s.config)]
     from gateway.ops.tier_checks import check_tiers
     return checks + [check_workers(s), check_integrity(s)] + check_upstreams(s) + \
-        check_tiers(s.config, s.timeout)
+        check_tiers(s.config, s.timeout) + check_secret_files(s.config)
+
+
+def check_secret_files(config: Config) -> list[Check]:
+    """Each configured secret readable by its owner alone, as ssh wants of a key: a build
+    host has many users."""
+    named = [("[cluster] token_file", config.cluster.token_file),
+             ("[store.s3] credentials_file", config.s3.credentials_file)]
+    named += [(f"[upstreams.{r.name}] credentials_file", r.credentials_file)
+              for r in config.images.registries]
+    checks = []
+    for key, path in named:
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:  # unset (""), or missing: the check that reads it says so
+            continue
+        if mode & 0o077:
+            checks.append(Check(False, f"secret {path}", f"{key}: open to other users "
+                                f"(mode {mode:04o})", f"chmod 600 {path}"))
+        else:
+            checks.append(Check(True, f"secret {path}", f"{key}: its owner alone reads it"))
+    return checks
 
 
 def check_workers(s: Situation) -> Check:
