@@ -61,15 +61,16 @@ def test_global_options_work_before_or_after_the_command(argv, tmp_path, capsys)
                       f'admin = "127.0.0.1:{free_port()}"\n')
     argv = [a.format(c=config, s=state) for a in argv]
     assert main(argv) == 1
-    assert own_stderr(capsys.readouterr().err) == f"cachegate: error: no cache in {state}: the gateway " \
-        "has not run with this state directory (see --state-dir)\n"
+    assert own_stderr(capsys.readouterr().err) == f"cachegate: error: no cache in {state}: " \
+        "the gateway has not run with this state directory (see --state-dir)\n"
 
 
 def test_a_bad_config_after_the_command_is_named(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[server]\nhttp_port = 'x'\n")
     assert main(["serve", "--config", str(bad)]) == 1
-    assert own_stderr(capsys.readouterr().err).startswith(f"cachegate: error: {bad}: server.http_port:")
+    err = own_stderr(capsys.readouterr().err)
+    assert err.startswith(f"cachegate: error: {bad}: server.http_port:")
 
 
 def write_config(tmp_path: Path, gw: RunningGateway | None = None, **server: object) -> Path:

@@ -238,7 +238,8 @@ def test_trust_image_without_names_or_config_list_is_an_error(setup, capsys):
 def test_restore_of_an_image_never_shadowed_is_an_error(setup, capsys):
     config_file, _, home = setup
     assert cachegate(config_file, "trust", "image", "--restore", "python:3.12") == 1
-    assert own_stderr(capsys.readouterr().err).startswith("cachegate: error: python:3.12: not shadowed")
+    err = own_stderr(capsys.readouterr().err)
+    assert err.startswith("cachegate: error: python:3.12: not shadowed")
     assert not (home / "calls.jsonl").exists()
 
 
