@@ -12,6 +12,11 @@ every object once, so every request is answered by that tier:
 - dead tiers: a fresh child whose parent and S3 endpoint are both down (breakers open
   after the first request), against the origin child: the cost of a dead tier.
 
+The peer, in the same run: nginx ``proxy_cache`` children in front of an nginx parent (or
+of the origin), as many worker processes as cachegate's, asked the same way.  nginx
+checks no digest, so its miss does less than ours; its own parent-hit / child-hit ratio
+shows what this host allows a storing child.
+
 Small objects (4 KiB, each asked once: wrk with a script that stops after the last one,
 16 connections) in requests/s with the child's CPU time per request, and one 256 MiB
 object (curl) in MB/s.  The objects are an entry of the user's own (``[upstreams.objects]``,
@@ -38,8 +43,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench.http_bench import (curl_speed, free_port, milliseconds, need_debs,  # noqa: E402
-                                    tree_cpu, wait_port)
+from gateway.config import parse_workers  # noqa: E402
+from scripts.bench.http_bench import (NGINX_CONF, curl_speed, free_port,  # noqa: E402
+                                      milliseconds, need_debs, tree_cpu, wait_port)
 from tests.fixtures import make_blob  # noqa: E402
 from tests.processes import serve, stop_all  # noqa: E402
 from tests.s3_server import S3Server  # noqa: E402
@@ -102,6 +108,19 @@ def gateway(work: Path, name: str, origin: str, extra: str = "") -> tuple[int, i
         urllib.request.urlopen(urllib.request.Request(
             f"http://127.0.0.1:{port}/bench/warm-{i}.bin", headers={"Host": HOST})).read()
     return port, admin, proc
+
+
+def nginx(work: Path, name: str, server: str, path: str) -> tuple[int, subprocess.Popen]:
+    """The peer: an nginx ``proxy_cache`` (a parent or a child) in front of ``server``
+    (host:port), with ``path`` prefixed to every request."""
+    home = work / ("nginx-" + name.replace(" ", "-"))
+    home.mkdir()
+    port = free_port()
+    (home / "nginx.conf").write_text(NGINX_CONF.format(dir=home, port=port, server=server,
+                                                       path=path, workers=parse_workers("auto")))
+    proc = subprocess.Popen(["nginx", "-c", str(home / "nginx.conf")])
+    wait_port(port, proc)
+    return port, proc
 
 
 def settle(admin: int) -> None:
@@ -191,7 +210,7 @@ def main() -> int:
     parser.add_argument("--objects", type=int, default=2000)
     parser.add_argument("--big-mib", type=int, default=256)
     args = parser.parse_args()
-    need_debs("wrk", "curl")
+    need_debs("wrk", "curl", "nginx")
     work = Path(tempfile.mkdtemp(prefix="cachegate-cluster-bench-"))
     procs: list[subprocess.Popen] = []
     s3 = S3Server(work)
@@ -243,20 +262,12 @@ def run(work: Path, procs: list, s3: S3Server, args) -> int:  # type: ignore[no-
     def measure(name: str, extra: str) -> tuple[int, int, subprocess.Popen]:
         port, admin, proc = gateway(work, name, origin, extra)
         procs.append(proc)
-        cpu = tree_cpu(proc.pid)
-        rps, mean = wrk_once_each(work, port, args.objects)
-        results[name] = {"small_rps": rps, "small_mean_ms": mean,
-                         "small_cpu_us": (tree_cpu(proc.pid) - cpu) / args.objects * 1e6,
-                         "big_mb_s": curl_speed(port, "/bench/big.bin", None, HOST)}
+        results[name] = ask_all(work, port, proc.pid, args.objects)
         return port, admin, proc
 
     port, _, proc = measure("parent hit", with_parent)
-    cpu = tree_cpu(proc.pid)
-    rps, mean = wrk_once_each(work, port, args.objects)  # the same child: everything stored
-    results["child hit"] = {"small_rps": rps, "small_mean_ms": mean,
-                            "small_cpu_us": (tree_cpu(proc.pid) - cpu) / args.objects * 1e6,
-                            "big_mb_s": max(curl_speed(port, "/bench/big.bin", None, HOST)
-                                            for _ in range(3))}
+    # The same child again: everything stored.
+    results["child hit"] = ask_all(work, port, proc.pid, args.objects, big_runs=3)
     measure("S3 hit", with_s3)
     measure("origin", "")
     dead = (f'[cluster]\nparents = ["http://127.0.0.1:{free_port()}"]\ntoken_file = "{token}"\n'
@@ -273,33 +284,70 @@ def run(work: Path, procs: list, s3: S3Server, args) -> int:  # type: ignore[no-
             rps, mean = wrk_once_each(work, port, args.objects, connections=1)
             results[name].setdefault("c1_mean_ms", []).append(mean)
             results[name].setdefault("c1_rps", []).append(rps)
-    report(results, args)
+    print("the peer: nginx children, an nginx parent…", file=sys.stderr)
+    report(results, measure_peer(work, procs, origin, args), args)
     return 0
 
 
-def report(results: dict[str, dict], args) -> None:  # type: ignore[no-untyped-def]
-    print(json.dumps(results), file=sys.stderr)
-    child = results["child hit"]
+def ask_all(work: Path, port: int, pid: int, objects: int, big_runs: int = 1) -> dict:
+    """Every small object once, then the big one (best of ``big_runs``), from one child."""
+    cpu = tree_cpu(pid)
+    rps, mean = wrk_once_each(work, port, objects)
+    return {"small_rps": rps, "small_mean_ms": mean,
+            "small_cpu_us": (tree_cpu(pid) - cpu) / objects * 1e6,
+            "big_mb_s": max(curl_speed(port, "/bench/big.bin", None, HOST)
+                            for _ in range(big_runs))}
+
+
+def measure_peer(work: Path, procs: list, origin: str,
+                 args: argparse.Namespace) -> dict[str, dict]:
+    """The same questions of nginx: a child whose parent has everything, that child again,
+    and a child in front of the origin."""
+    origin_server = origin.removeprefix("http://")
+    parent_port, proc = nginx(work, "parent", origin_server, "/objects/")
+    procs.append(proc)
+    ask_all(work, parent_port, proc.pid, args.objects)  # the parent stores everything
+    results: dict[str, dict] = {}
+    port, proc = nginx(work, "parent hit", f"127.0.0.1:{parent_port}", "/")
+    procs.append(proc)
+    results["parent hit"] = ask_all(work, port, proc.pid, args.objects)
+    results["child hit"] = ask_all(work, port, proc.pid, args.objects, big_runs=3)
+    port, proc = nginx(work, "origin", origin_server, "/objects/")
+    procs.append(proc)
+    results["origin"] = ask_all(work, port, proc.pid, args.objects)
+    return results
+
+
+def report(results: dict[str, dict], peer: dict[str, dict], args: argparse.Namespace) -> None:
+    print(json.dumps({"cachegate": results, "nginx": peer}), file=sys.stderr)
     print(f"\n{args.objects} small objects of {SMALL} B, each asked once per child "
           f"({CONNECTIONS} connections); one {args.big_mib} MiB object:")
-    print(f"{'answered by':<12} {'req/s':>9} {'mean ms':>8} {'x child':>8} {'child CPU':>10} "
-          f"{'MB/s':>8} {'x child':>8}")
-    for name in ("child hit", "parent hit", "S3 hit", "origin", "dead tiers"):
-        r = results[name]
-        print(f"{name:<12} {r['small_rps']:>9.0f} {r['small_mean_ms']:>8.2f} "
-              f"{r['small_rps'] / child['small_rps']:>8.2f} {r['small_cpu_us']:>7.0f} us "
-              f"{r['big_mb_s']:>8.0f} {r['big_mb_s'] / child['big_mb_s']:>8.2f}")
+    table("cachegate", results, ("child hit", "parent hit", "S3 hit", "origin", "dead tiers"))
+    table("nginx", peer, ("child hit", "parent hit", "origin"))
     dead, plain = results["dead tiers"], results["origin"]
     costs = [1000 / d - 1000 / p for d, p in zip(dead["c1_rps"], plain["c1_rps"])]
     print(f"\ndead parent + dead S3, breakers open, one connection: "
           f"{', '.join(f'{c:+.3f}' for c in costs)} ms per request (two runs; origin child "
           f"{', '.join(f'{1000 / r:.3f}' for r in plain['c1_rps'])} ms, dead-tier child "
           f"{', '.join(f'{1000 / r:.3f}' for r in dead['c1_rps'])} ms; target < 1 ms)")
-    ratio = results["parent hit"]["small_rps"] / child["small_rps"]
     print(f"open breakers (two parents and S3), in process: {open_breaker_cost():.1f} us "
           "per miss before the upstream request")
-    print(f"parent hit / child hit: {ratio:.2f}x small, "
-          f"{results['parent hit']['big_mb_s'] / child['big_mb_s']:.2f}x big (target >= 0.5x)")
+    for name, figures in (("cachegate", results), ("nginx", peer)):
+        parent, child = figures["parent hit"], figures["child hit"]
+        print(f"parent hit / child hit, {name}: "
+              f"{parent['small_rps'] / child['small_rps']:.2f}x small, "
+              f"{parent['big_mb_s'] / child['big_mb_s']:.2f}x big (target >= 0.5x)")
+
+
+def table(name: str, results: dict[str, dict], rows: tuple[str, ...]) -> None:
+    child = results["child hit"]
+    print(f"\n{name:<12} {'req/s':>9} {'mean ms':>8} {'x child':>8} {'child CPU':>10} "
+          f"{'MB/s':>8} {'x child':>8}")
+    for row in rows:
+        r = results[row]
+        print(f"{row:<12} {r['small_rps']:>9.0f} {r['small_mean_ms']:>8.2f} "
+              f"{r['small_rps'] / child['small_rps']:>8.2f} {r['small_cpu_us']:>7.0f} us "
+              f"{r['big_mb_s']:>8.0f} {r['big_mb_s'] / child['big_mb_s']:>8.2f}")
 
 
 if __name__ == "__main__":

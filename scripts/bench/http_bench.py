@@ -55,10 +55,11 @@ http {{
     access_log off;
     proxy_cache_path {dir}/nginx-cache levels=1:2 keys_zone=bench:16m max_size=8g
                      inactive=1d use_temp_path=off;
+    upstream next {{ server {server}; keepalive 32; }}  # connections reused, as ours are
     server {{
         listen 127.0.0.1:{port} reuseport;
         location / {{
-            proxy_pass {origin}/maven/;
+            proxy_pass http://next{path};
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_cache bench;
@@ -250,8 +251,9 @@ def measure(work: Path, procs: list, origin: str, workers: int,  # type: ignore[
     mine = [serve(config, work / "cachegate.log", proxy_core)]
     wait_port(gw_port, mine[0])
     time.sleep(2 if workers > 1 else 0)  # the supervisor accepts before its workers run
-    (work / "nginx.conf").write_text(NGINX_CONF.format(dir=work, port=nginx_port, origin=origin,
-                                                       workers=workers))
+    (work / "nginx.conf").write_text(NGINX_CONF.format(
+        dir=work, port=nginx_port, server=origin.removeprefix("http://"), path="/maven/",
+        workers=workers))
     mine.append(subprocess.Popen([*pinned(proxy_core), "nginx", "-c", str(work / "nginx.conf")]))
     wait_port(nginx_port, mine[1])
     procs.extend(mine)
