@@ -51,6 +51,7 @@ from tests.processes import serve, stop_all  # noqa: E402
 from tests.s3_server import S3Server  # noqa: E402
 
 HOST = "objects.example"
+TOKEN = "bench-token"  # children's and the parent's shared secret
 SMALL = 4096
 CONNECTIONS = 16
 WARM_UP = 8  # objects each child is asked before it is measured (2 workers: both own some)
@@ -73,7 +74,7 @@ request = function()
   if started == nil then started = now() end
   counter = counter + 1
   if counter > {objects} then counter = 1 end
-  return wrk.format("GET", string.format("/bench/s/%d.bin", counter))
+  return wrk.format("GET", string.format("{origin}/bench/s/%d.bin", counter))
 end
 response = function(status, headers, body)
   if status ~= 200 then io.stderr:write("status " .. status .. "\\n") end
@@ -140,14 +141,16 @@ def tiers(admin: int) -> dict:
         return json.loads(reply.read())["tiers"]
 
 
-def wrk_once_each(work: Path, port: int, objects: int, connections: int = CONNECTIONS
-                  ) -> tuple[float, float]:
+def wrk_once_each(work: Path, port: int, objects: int, connections: int = CONNECTIONS,
+                  token: str = "") -> tuple[float, float]:
     """Every small object asked once: (requests/s, mean latency in ms).  The script times
-    the requests itself and stops; wrk's own figures would count its whole ``-d``."""
+    the requests itself and stops; wrk's own figures would count its whole ``-d``.  With
+    ``token``, asked as a child asks its parent (absolute form, the token)."""
     script = work / "once.lua"
-    script.write_text(WRK_SCRIPT.format(objects=objects))
+    script.write_text(WRK_SCRIPT.format(objects=objects, origin=f"http://{HOST}" if token else ""))
+    auth = ["-H", f"Proxy-Authorization: Bearer {token}"] if token else []
     wrk = subprocess.Popen(["wrk", "-t1", f"-c{connections}", "-d300s", "-s", str(script),
-                            "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/"],
+                            "-H", f"Host: {HOST}", *auth, f"http://127.0.0.1:{port}/"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert wrk.stderr is not None
     elapsed = None
@@ -238,7 +241,7 @@ def run(work: Path, procs: list, s3: S3Server, args) -> int:  # type: ignore[no-
     wait_port(origin_port, procs[-1])
     s3.start()
     token = work / "token"
-    token.write_text("bench-token\n")
+    token.write_text(TOKEN + "\n")
     cluster_port = free_port()
     parent = gateway(work, "parent", origin, f'[cluster]\nlisten = "127.0.0.1:{cluster_port}"\n'
                      f'token_file = "{token}"\n')
@@ -268,6 +271,12 @@ def run(work: Path, procs: list, s3: S3Server, args) -> int:  # type: ignore[no-
     port, _, proc = measure("parent hit", with_parent)
     # The same child again: everything stored.
     results["child hit"] = ask_all(work, port, proc.pid, args.objects, big_runs=3)
+    # The parent asked as children ask it: what one parent answers for a whole fleet.
+    cpu = tree_cpu(parent[2].pid)
+    rps, mean = wrk_once_each(work, cluster_port, args.objects, token=TOKEN)
+    results["parent asked"] = {"small_rps": rps, "small_mean_ms": mean,
+                               "small_cpu_us": (tree_cpu(parent[2].pid) - cpu) / args.objects
+                               * 1e6}
     measure("S3 hit", with_s3)
     measure("origin", "")
     dead = (f'[cluster]\nparents = ["http://127.0.0.1:{free_port()}"]\ntoken_file = "{token}"\n'
@@ -332,6 +341,10 @@ def report(results: dict[str, dict], peer: dict[str, dict], args: argparse.Names
           f"{', '.join(f'{1000 / r:.3f}' for r in dead['c1_rps'])} ms; target < 1 ms)")
     print(f"open breakers (two parents and S3), in process: {open_breaker_cost():.1f} us "
           "per miss before the upstream request")
+    asked = results["parent asked"]
+    print(f"the parent asked directly, as children ask it (absolute form, token): "
+          f"{asked['small_rps']:.0f} req/s, mean {asked['small_mean_ms']:.2f} ms, "
+          f"{asked['small_cpu_us']:.0f} us of its CPU per request")
     for name, figures in (("cachegate", results), ("nginx", peer)):
         parent, child = figures["parent hit"], figures["child hit"]
         print(f"parent hit / child hit, {name}: "
